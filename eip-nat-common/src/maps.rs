@@ -1,0 +1,140 @@
+//! Map names and the layout of their keys and values.
+//!
+//! Addresses are stored as `[u8; 4]` in network byte order, exactly as they sit
+//! in the IPv4 header, so the datapath never byte-swaps to look one up.
+
+/// `Array<IfaceConfig>` with one entry: which interface is which.
+pub const CONFIG: &str = "CONFIG";
+/// `HashMap<[u8; 4], NatEntry>`: EIP → private IP (inbound translation).
+pub const EIP_TO_PRIVATE: &str = "EIP_TO_PRIVATE";
+/// `HashMap<[u8; 4], NatEntry>`: private IP → EIP (outbound translation).
+pub const PRIVATE_TO_EIP: &str = "PRIVATE_TO_EIP";
+/// `PerCpuArray<VerdictCounter>` indexed by [`verdict_index`].
+pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
+/// `PerCpuArray<EipCounters>` indexed by [`NatEntry::slot`].
+pub const EIP_COUNTERS: &str = "EIP_COUNTERS";
+
+/// Every map name, for checks that the object and the agent agree.
+pub const ALL_MAPS: [&str; 5] = [
+    CONFIG,
+    EIP_TO_PRIVATE,
+    PRIVATE_TO_EIP,
+    VERDICT_COUNTERS,
+    EIP_COUNTERS,
+];
+
+/// Default capacity of the association tables; the agent can change it at
+/// load time (`--max-associations`). The per-EIP counters are a per-CPU
+/// array of this size, so memory grows with `capacity × CPUs × 32 bytes`.
+pub const DEFAULT_MAX_ASSOCIATIONS: u32 = 65_536;
+
+/// Address key of the translation maps: IPv4 address, network byte order.
+pub type Ipv4Key = [u8; 4];
+
+/// Which side of the gateway a packet arrived on. The role comes from the
+/// ingress interface, never from the packet, so a packet cannot choose it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Arrived on the public interface: destination EIP → private IP.
+    Inbound = 0,
+    /// Arrived on the private interface: source private IP → EIP.
+    Outbound = 1,
+    /// Arrived on an interface the agent did not configure.
+    Other = 2,
+}
+
+impl Direction {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Direction; Self::COUNT] = [Self::Inbound, Self::Outbound, Self::Other];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Index into [`VERDICT_COUNTERS`].
+pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32 {
+    direction as u32 * crate::Verdict::COUNT as u32 + verdict as u32
+}
+
+/// Number of entries of [`VERDICT_COUNTERS`].
+pub const VERDICT_COUNTERS_LEN: u32 = (Direction::COUNT * crate::Verdict::COUNT) as u32;
+
+/// The only entry of [`CONFIG`]. An ifindex of 0 means "not configured".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IfaceConfig {
+    pub public_ifindex: u32,
+    pub private_ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
+
+/// Value of both translation maps: the address on the other side, and the
+/// index of the association's counters in [`EIP_COUNTERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatEntry {
+    /// EIP (in `PRIVATE_TO_EIP`) or private IP (in `EIP_TO_PRIVATE`).
+    pub addr: Ipv4Key,
+    /// Counter slot, shared by both directions of one association.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 8);
+
+/// Packets and bytes (whole frames) per (direction, verdict).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct VerdictCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<VerdictCounter>() == 16);
+
+/// Translated traffic of one association. Bytes are IPv4 bytes (the header's
+/// total length), what an operator bills and what a socket test can predict,
+/// independent of link-layer framing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EipCounters {
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<EipCounters>() == 32);
+
+impl core::ops::AddAssign for EipCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.in_packets += o.in_packets;
+        self.in_bytes += o.in_bytes;
+        self.out_packets += o.out_packets;
+        self.out_bytes += o.out_bytes;
+    }
+}
+
+impl core::ops::AddAssign for VerdictCounter {
+    fn add_assign(&mut self, o: Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)], made only of integers and byte arrays,
+    // and have no padding: sizes are asserted above and bytemuck's Pod
+    // derive refuses any type with padding.
+    unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::VerdictCounter {}
+    unsafe impl aya::Pod for super::EipCounters {}
+}

@@ -1,0 +1,109 @@
+//! Verdicts: what the datapath decided for a packet, and why.
+//!
+//! Codes are stable: they index counters and are shown by name in `eip-nat
+//! stats`. A retired code is never reused; add new ones at the end.
+
+/// XDP action codes (`enum xdp_action`, include/uapi/linux/bpf.h).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// Address rewritten; passed to the kernel to route.
+    Translated = 0,
+    /// IPv4, but the address is in no table: passed untouched.
+    NoMapping = 1,
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): passed untouched.
+    NotIpv4 = 2,
+    /// Ingress interface is neither the public nor the private one.
+    UnknownInterface = 3,
+    /// Shorter than an Ethernet header.
+    EthernetTruncated = 4,
+    /// IPv4 header, or the datagram its total length announces, runs past the
+    /// end of the frame.
+    Ipv4Truncated = 5,
+    /// Version is not 4, IHL < 5, or total length shorter than the header.
+    Ipv4BadHeader = 6,
+    /// A translated TCP/UDP first fragment too short to hold the L4 checksum
+    /// (RFC 1858 tiny fragment): its checksum could not be kept valid.
+    L4Truncated = 7,
+}
+
+impl Verdict {
+    pub const COUNT: usize = 8;
+    pub const ALL: [Verdict; Self::COUNT] = [
+        Self::Translated,
+        Self::NoMapping,
+        Self::NotIpv4,
+        Self::UnknownInterface,
+        Self::EthernetTruncated,
+        Self::Ipv4Truncated,
+        Self::Ipv4BadHeader,
+        Self::L4Truncated,
+    ];
+
+    /// Stable label for metrics and `eip-nat stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Translated => "translated",
+            Self::NoMapping => "pass_no_mapping",
+            Self::NotIpv4 => "pass_not_ipv4",
+            Self::UnknownInterface => "pass_unknown_interface",
+            Self::EthernetTruncated => "drop_ethernet_truncated",
+            Self::Ipv4Truncated => "drop_ipv4_truncated",
+            Self::Ipv4BadHeader => "drop_ipv4_bad_header",
+            Self::L4Truncated => "drop_l4_truncated",
+        }
+    }
+
+    /// The XDP action this verdict takes.
+    pub const fn action(self) -> u32 {
+        if self.is_drop() {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Self::EthernetTruncated | Self::Ipv4Truncated | Self::Ipv4BadHeader | Self::L4Truncated
+        )
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| *v as u32 == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_dense_and_stable() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{v:?} is out of place in ALL");
+            assert_eq!(Verdict::from_code(i as u32), Some(*v));
+        }
+        assert_eq!(Verdict::from_code(Verdict::COUNT as u32), None);
+        // Pinned codes: changing one breaks dashboards and saved stats.
+        assert_eq!(Verdict::Translated as u32, 0);
+        assert_eq!(Verdict::L4Truncated as u32, 7);
+    }
+
+    #[test]
+    fn names_are_unique_and_drops_say_so() {
+        for a in Verdict::ALL {
+            for b in Verdict::ALL {
+                if a != b {
+                    assert_ne!(a.name(), b.name());
+                }
+            }
+            assert_eq!(a.is_drop(), a.name().starts_with("drop_"), "{a:?}");
+            assert_eq!(a.action() == XDP_DROP, a.is_drop());
+        }
+    }
+}

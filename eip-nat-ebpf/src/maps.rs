@@ -1,0 +1,42 @@
+//! The maps, named by the constants in `eip_nat_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use eip_nat_common::{
+    maps::{Ipv4Key, DEFAULT_MAX_ASSOCIATIONS, VERDICT_COUNTERS_LEN},
+    Direction, EipCounters, IfaceConfig, NatEntry, VerdictCounter,
+};
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<IfaceConfig> = Array::with_max_entries(1, 0);
+
+// Sizes below are defaults; the agent resizes the association maps at load.
+#[map(name = "EIP_TO_PRIVATE")]
+pub static EIP_TO_PRIVATE: HashMap<Ipv4Key, NatEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+#[map(name = "PRIVATE_TO_EIP")]
+pub static PRIVATE_TO_EIP: HashMap<Ipv4Key, NatEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+#[map(name = "VERDICT_COUNTERS")]
+pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =
+    PerCpuArray::with_max_entries(VERDICT_COUNTERS_LEN, 0);
+
+#[map(name = "EIP_COUNTERS")]
+pub static EIP_COUNTERS: PerCpuArray<EipCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+/// The interface's role, from the ifindex the packet arrived on.
+#[inline(always)]
+pub fn direction_of(ctx: &XdpContext) -> Direction {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match CONFIG.get(0) {
+        Some(c) if ifindex != 0 && ifindex == c.public_ifindex => Direction::Inbound,
+        Some(c) if ifindex != 0 && ifindex == c.private_ifindex => Direction::Outbound,
+        _ => Direction::Other,
+    }
+}
