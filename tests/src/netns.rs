@@ -1,0 +1,209 @@
+//! Network namespaces joined by veth pairs, created by a guard that deletes
+//! them by name when dropped, on success and on panic alike.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Runs `ip` (or any command) and panics with its stderr if it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip netns exec NS ARGS…`, panicking on failure.
+pub fn ns_sh(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full);
+}
+
+/// A prefix unique to this process and call, short enough that
+/// prefix + 3 characters fits an interface name (15 bytes).
+pub fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("en{:x}{:x}", std::process::id() & 0xfffff, n)
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`. Sockets created in
+/// `f` stay in `ns` and may be returned and used from any thread.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a valid namespace fd; this thread alone changes netns.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+/// Interface index of `ifname` inside `ns`.
+pub fn ifindex(ns: &str, ifname: &str) -> u32 {
+    let c = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: valid C string.
+    let i = in_netns(ns, || unsafe { libc::if_nametoindex(c.as_ptr()) });
+    assert_ne!(i, 0, "{ifname} not found in {ns}");
+    i
+}
+
+/// Owns a set of namespaces; deletes them (and so their veths) on drop.
+pub struct Namespaces {
+    pub prefix: String,
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    pub fn new() -> Self {
+        Self {
+            prefix: unique_prefix(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Creates `<prefix>-<role>` with loopback up, IPv6 off (no DAD or
+    /// router-solicitation noise), and returns its name.
+    pub fn add(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        sh(&["ip", "netns", "add", &name]);
+        self.names.push(name.clone());
+        ns_sh(&name, &["ip", "link", "set", "lo", "up"]);
+        ns_sh(&name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns_sh(&name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        name
+    }
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// One end of a veth pair.
+#[derive(Clone, Debug)]
+pub struct End {
+    pub ns: String,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Creates a veth pair between two namespaces with fixed MACs and addresses,
+/// brings both up and installs permanent neighbour entries both ways (no ARP
+/// in the measurements). Checksum offload is turned off on both ends: a
+/// packet a local socket sends would otherwise carry only a partial checksum
+/// (CHECKSUM_PARTIAL) that an XDP rewrite cannot fix, since no NIC finishes
+/// it on a veth.
+pub fn veth(a: &End, b: &End) {
+    sh(&[
+        "ip", "link", "add", &a.ifname, "netns", &a.ns, "address", &mac_str(a.mac), "type",
+        "veth", "peer", "name", &b.ifname, "netns", &b.ns, "address", &mac_str(b.mac),
+    ]);
+    for (me, peer) in [(a, b), (b, a)] {
+        let cidr = format!("{}/{}", me.addr, me.prefix_len);
+        ns_sh(&me.ns, &["ip", "addr", "add", &cidr, "dev", &me.ifname]);
+        ns_sh(&me.ns, &["ethtool", "-K", &me.ifname, "tx", "off", "rx", "off"]);
+        ns_sh(&me.ns, &["ip", "link", "set", &me.ifname, "up"]);
+        ns_sh(
+            &me.ns,
+            &[
+                "ip", "neigh", "replace", &peer.addr.to_string(), "lladdr", &mac_str(peer.mac),
+                "dev", &me.ifname, "nud", "permanent",
+            ],
+        );
+    }
+}
+
+/// The standard three-namespace topology of the tests and the demo:
+///
+/// ```text
+///  internet 198.51.100.2 ── 198.51.100.1 [gateway] 10.200.0.1 ── 10.200.0.10 instance
+///           (pubif)              (gw-pub)     (gw-priv)          (privif)
+/// ```
+///
+/// The internet routes the EIP range 203.0.113.0/24 to the gateway; the
+/// instance's default route is the gateway.
+pub struct Topology {
+    pub internet: End,
+    pub gw_public: End,
+    pub gw_private: End,
+    pub instance: End,
+    pub eip: Ipv4Addr,
+    // Last, so the namespaces go after everything that lives in them.
+    pub namespaces: Namespaces,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let mut namespaces = Namespaces::new();
+        let p = namespaces.prefix.clone();
+        let inet = namespaces.add("inet");
+        let gw = namespaces.add("gw");
+        let inst = namespaces.add("inst");
+        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4], prefix_len| End {
+            ns: ns.to_string(),
+            ifname: format!("{p}{suffix}"),
+            mac: [0x02, 0xee, 0, 0, 0, last],
+            addr: Ipv4Addr::from(addr),
+            prefix_len,
+        };
+        let internet = end(&inet, "i", 0x01, [198, 51, 100, 2], 24);
+        let gw_public = end(&gw, "gp", 0x02, [198, 51, 100, 1], 24);
+        let gw_private = end(&gw, "gv", 0x03, [10, 200, 0, 1], 24);
+        let instance = end(&inst, "n", 0x04, [10, 200, 0, 10], 24);
+        veth(&internet, &gw_public);
+        veth(&gw_private, &instance);
+        ns_sh(&inet, &["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.1"]);
+        ns_sh(&inst, &["ip", "route", "add", "default", "via", "10.200.0.1"]);
+        ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        ns_sh(&gw, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=2", gw_private.ifname)]);
+        Self {
+            internet,
+            gw_public,
+            gw_private,
+            instance,
+            eip: Ipv4Addr::new(203, 0, 113, 10),
+            namespaces,
+        }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
