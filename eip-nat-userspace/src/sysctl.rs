@@ -43,8 +43,9 @@ pub fn check(proc_sys: &Path, public_if: &str, private_if: &str) -> Vec<String> 
         problems.push(format!(
             "reverse-path filtering is strict on {private_if} (all={all}, {private_if}={dev}): \
              translated outbound packets (source = EIP) will be dropped; run \
-             `sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{private_if}.rp_filter=2` \
-             (loose or off)"
+             `sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{private_if}.rp_filter=0` \
+             (off; loose, 2, works too if the gateway has a route covering the EIPs, such as \
+             a default route)"
         ));
     }
     problems

@@ -190,7 +190,7 @@ impl Topology {
         ns_sh(&inst, &["ip", "route", "add", "default", "via", "10.200.0.1"]);
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
-        ns_sh(&gw, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=2", gw_private.ifname)]);
+        ns_sh(&gw, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=0", gw_private.ifname)]);
         Self {
             internet,
             gw_public,

@@ -1,0 +1,368 @@
+//! Real traffic through a real agent: internet ── gateway ── instance in
+//! network namespaces, the agent on the gateway, sockets on both ends.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use integration_tests::{
+    agent::Agent,
+    capture::Capture,
+    netns::{in_netns, ns_sh, Topology},
+    packet::{parse_and_verify, Parsed, ICMP, UDP},
+    require_root,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Agent first: fields drop in order, so the agent stops before its
+/// namespaces go.
+struct Setup {
+    agent: Agent,
+    t: Topology,
+}
+
+fn setup_with(extra: &[&str], associate: bool) -> Setup {
+    require_root();
+    let t = Topology::new();
+    let agent = Agent::start(&t.gw_public.ns, &t.gw_public.ifname, &t.gw_private.ifname, extra);
+    if associate {
+        agent.cli_ok(&[
+            "associate", "--eip", &t.eip.to_string(), "--private-ip", &t.instance.addr.to_string(),
+        ]);
+    }
+    Setup { agent, t }
+}
+
+fn setup() -> Setup {
+    setup_with(&[], true)
+}
+
+fn udp_socket(ns: &str, addr: SocketAddrV4) -> UdpSocket {
+    let s = in_netns(ns, || UdpSocket::bind(addr).expect("bind udp"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// `accept` bounded in time, so a failed connect fails the test instead of
+/// hanging it.
+fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, SocketAddr) {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((conn, peer)) => {
+                conn.set_nonblocking(false).unwrap();
+                return (conn, peer);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "no connection arrived");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Captured IPv4 frames, each verified (IPv4 and L4 checksums) and parsed.
+fn verified(frames: Vec<Vec<u8>>) -> Vec<Parsed> {
+    frames
+        .iter()
+        .filter(|f| f.len() > 14 && f[12..14] == [0x08, 0x00])
+        .map(|f| parse_and_verify(f).unwrap_or_else(|e| panic!("captured frame: {e}")))
+        .collect()
+}
+
+fn collect(c: &Capture) -> Vec<Parsed> {
+    verified(c.collect(Duration::from_millis(300), Duration::from_secs(5), 10_000))
+}
+
+/// N datagrams from the internet to the EIP, each echoed by the instance.
+fn udp_exchange(s: &Setup, n: usize, size: usize) {
+    let t = &s.t;
+    let server = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 7000));
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    let mut buf = [0u8; 2048];
+    for i in 0..n {
+        let payload = vec![(i % 251) as u8; size];
+        client.send_to(&payload, sa(t.eip, 7000)).unwrap();
+        let (len, from) = server.recv_from(&mut buf).expect("instance receives the datagram sent to its EIP");
+        assert_eq!(&buf[..len], &payload[..]);
+        assert_eq!(from.ip(), t.internet.addr, "no SNAT on the way in");
+        server.send_to(&buf[..len], from).unwrap();
+        let (len, from) = client.recv_from(&mut buf).expect("the reply comes back");
+        assert_eq!(&buf[..len], &payload[..]);
+        assert_eq!(from, SocketAddr::V4(sa(t.eip, 7000)), "the reply comes from the EIP");
+    }
+}
+
+fn check_udp_exchange(extra: &[&str]) {
+    let s = setup_with(extra, true);
+    let t = &s.t;
+    let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
+    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    let before = s.agent.stats();
+    let (n, size) = (20, 100);
+    udp_exchange(&s, n, size);
+    let after = s.agent.stats();
+
+    // On the wire: every datagram reached the instance for its private IP
+    // and left with the EIP, with valid checksums.
+    let inb: Vec<_> = collect(&at_instance).into_iter().filter(|p| p.proto == UDP).collect();
+    assert_eq!(inb.len(), n);
+    assert!(inb.iter().all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
+    let outb: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == UDP).collect();
+    assert_eq!(outb.len(), n);
+    assert!(outb.iter().all(|p| p.src == t.eip && p.dst == t.internet.addr));
+
+    // Counters: exactly these packets, with their IPv4 bytes.
+    let ip_bytes = (n * (20 + 8 + size)) as u64;
+    let (e0, e1) = (before.eip(t.eip).unwrap(), after.eip(t.eip).unwrap());
+    assert_eq!(e1.in_packets - e0.in_packets, n as u64);
+    assert_eq!(e1.in_bytes - e0.in_bytes, ip_bytes);
+    assert_eq!(e1.out_packets - e0.out_packets, n as u64);
+    assert_eq!(e1.out_bytes - e0.out_bytes, ip_bytes);
+    for dir in ["inbound", "outbound"] {
+        let v0 = before.verdict(dir, "translated").unwrap();
+        let v1 = after.verdict(dir, "translated").unwrap();
+        assert_eq!(v1.packets - v0.packets, n as u64, "{dir} translated");
+        // Frames: IPv4 bytes plus a 14-byte Ethernet header each.
+        assert_eq!(v1.bytes - v0.bytes, ip_bytes + 14 * n as u64, "{dir} bytes");
+    }
+    let drops: u64 = after.verdicts.iter().filter(|v| v.drop).map(|v| v.packets).sum();
+    assert_eq!(drops, 0, "{after:?}");
+}
+
+#[test]
+fn udp_exchange_native_xdp() {
+    check_udp_exchange(&["--xdp-mode", "native"]);
+}
+
+#[test]
+fn udp_exchange_generic_xdp() {
+    check_udp_exchange(&["--xdp-mode", "generic"]);
+}
+
+#[test]
+fn tcp_connection_from_the_internet_reaches_the_instance() {
+    let s = setup();
+    let t = &s.t;
+    let listener = in_netns(&t.instance.ns, || TcpListener::bind("0.0.0.0:8080").unwrap());
+    let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
+    let eip = t.eip;
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            let (mut conn, peer) = accept_within(&listener, TIMEOUT);
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            assert_eq!(peer.ip(), t.internet.addr, "the instance sees the real client");
+            assert_eq!(conn.local_addr().unwrap().ip(), t.instance.addr, "and its own private IP");
+            let mut got = vec![0u8; data.len()];
+            conn.read_exact(&mut got).unwrap();
+            conn.write_all(&got).unwrap();
+        });
+        let mut client = in_netns(&t.internet.ns, || {
+            TcpStream::connect_timeout(&SocketAddr::V4(sa(eip, 8080)), TIMEOUT).expect("connect to the EIP")
+        });
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        assert_eq!(client.peer_addr().unwrap(), SocketAddr::V4(sa(eip, 8080)));
+        client.write_all(&data).unwrap();
+        let mut echo = vec![0u8; data.len()];
+        client.read_exact(&mut echo).expect("echo through the gateway");
+        assert!(echo == data, "payload changed in transit");
+        server.join().unwrap();
+    });
+    let seen = collect(&at_instance);
+    let tcp: Vec<_> = seen.iter().filter(|p| p.proto == 6).collect();
+    assert!(tcp.len() > 10, "captured {} TCP segments", tcp.len());
+    assert!(tcp.iter().all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
+    let st = s.agent.stats();
+    let e = st.eip(t.eip).unwrap();
+    assert!(e.in_bytes > data.len() as u64 && e.out_bytes > data.len() as u64, "{e:?}");
+}
+
+#[test]
+fn connections_started_by_the_instance_leave_with_the_eip() {
+    let s = setup();
+    let t = &s.t;
+    // TCP.
+    let listener = in_netns(&t.internet.ns, || TcpListener::bind("198.51.100.2:9090").unwrap());
+    let inet = t.internet.addr;
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            let (mut conn, peer) = accept_within(&listener, TIMEOUT);
+            assert_eq!(peer.ip(), t.eip, "the internet sees the EIP");
+            conn.write_all(b"hello EIP").unwrap();
+        });
+        let mut c = in_netns(&t.instance.ns, || {
+            TcpStream::connect_timeout(&SocketAddr::V4(sa(inet, 9090)), TIMEOUT).expect("instance connects out")
+        });
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello EIP");
+        server.join().unwrap();
+    });
+    // UDP.
+    let server = udp_socket(&t.internet.ns, sa(inet, 5353));
+    let client = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 0));
+    client.send_to(b"query", sa(inet, 5353)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from.ip()), (&b"query"[..], std::net::IpAddr::V4(t.eip)));
+    server.send_to(b"answer", from).unwrap();
+    let (n, from) = client.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"answer"[..], SocketAddr::V4(sa(inet, 5353))));
+}
+
+fn ping(ns: &str, to: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q"])
+        .arg(to.to_string())
+        .output()
+        .expect("ping")
+        .status
+        .success()
+}
+
+#[test]
+fn icmp_echo_passes_both_ways() {
+    let s = setup();
+    let t = &s.t;
+    let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
+    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    assert!(ping(&t.internet.ns, t.eip), "internet pings the EIP");
+    assert!(ping(&t.instance.ns, t.internet.addr), "instance pings the internet");
+    let inb: Vec<_> = collect(&at_instance).into_iter().filter(|p| p.proto == ICMP).collect();
+    let outb: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == ICMP).collect();
+    // 3 requests in + 3 replies in, on each side; all translated.
+    assert_eq!(inb.len(), 6, "{inb:?}");
+    assert_eq!(outb.len(), 6, "{outb:?}");
+    assert!(inb.iter().all(|p| p.dst == t.instance.addr));
+    assert!(outb.iter().all(|p| p.src == t.eip));
+}
+
+#[test]
+fn disassociate_stops_translation_at_once() {
+    let s = setup();
+    let t = &s.t;
+    udp_exchange(&s, 1, 10);
+    let before = s.agent.stats();
+    s.agent.cli_ok(&["disassociate", "--eip", &t.eip.to_string()]);
+
+    // Inbound: the very next datagram for the EIP does not reach the instance.
+    let server = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 7000));
+    server.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    client.send_to(b"too late", sa(t.eip, 7000)).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(server.recv_from(&mut buf).is_err(), "the disassociated EIP still reached the instance");
+    // Outbound: the instance's traffic leaves with its private source.
+    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    let out = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 0));
+    out.send_to(b"untranslated", sa(t.internet.addr, 9)).unwrap();
+    let seen: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == UDP).collect();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].src, t.instance.addr);
+
+    let after = s.agent.stats();
+    assert!(after.eip(t.eip).is_none(), "its counters went with it");
+    for dir in ["inbound", "outbound"] {
+        let d = after.verdict(dir, "pass_no_mapping").unwrap().packets
+            - before.verdict(dir, "pass_no_mapping").unwrap().packets;
+        assert_eq!(d, 1, "{dir}: the packet passed untranslated");
+        assert_eq!(
+            after.verdict(dir, "translated").unwrap().packets,
+            before.verdict(dir, "translated").unwrap().packets
+        );
+    }
+    // Disassociating again is refused, and says why.
+    let again = s.agent.cli(&["disassociate", "--eip", &t.eip.to_string()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("203.0.113.10 is not associated"));
+}
+
+#[test]
+fn invalid_requests_are_refused_and_change_nothing() {
+    let s = setup();
+    let list = || s.agent.cli_ok(&["list", "--json"]);
+    let before = list();
+    assert!(before.contains("203.0.113.10") && before.contains("10.200.0.10"));
+    for (args, says) in [
+        (vec!["associate", "--eip", "203.0.113.10", "--private-ip", "10.200.0.11"], "already associated with 10.200.0.10"),
+        (vec!["associate", "--eip", "203.0.113.11", "--private-ip", "10.200.0.10"], "already carries EIP 203.0.113.10"),
+        (vec!["associate", "--eip", "203.0.113.300", "--private-ip", "10.200.0.12"], "invalid value '203.0.113.300'"),
+        (vec!["associate", "--eip", "127.0.0.1", "--private-ip", "10.200.0.12"], "loopback"),
+        (vec!["associate", "--eip", "10.200.0.10", "--private-ip", "10.200.0.12"], "cannot also be an EIP"),
+        (vec!["disassociate", "--eip", "203.0.113.99"], "203.0.113.99 is not associated"),
+    ] {
+        let out = s.agent.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: stderr {err:?} does not say {says:?}");
+        assert_eq!(list(), before, "{args:?} changed the table");
+    }
+    // The datapath still translates exactly as before.
+    udp_exchange(&s, 2, 32);
+}
+
+fn xdp_attached(ns: &str, ifname: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "-d", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn agent_detaches_cleanly_on_sigterm() {
+    let Setup { agent, t } = setup();
+    assert!(xdp_attached(&t.gw_public.ns, &t.gw_public.ifname));
+    assert!(xdp_attached(&t.gw_private.ns, &t.gw_private.ifname));
+    let socket = agent.socket.clone();
+    let log = agent.log.clone();
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status}: {}", std::fs::read_to_string(log).unwrap());
+    assert!(!xdp_attached(&t.gw_public.ns, &t.gw_public.ifname));
+    assert!(!xdp_attached(&t.gw_private.ns, &t.gw_private.ifname));
+    assert!(!socket.exists(), "control socket removed");
+}
+
+#[test]
+fn agent_names_missing_sysctls() {
+    require_root();
+    let t = Topology::new();
+    ns_sh(&t.gw_public.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    ns_sh(&t.gw_public.ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=1", t.gw_private.ifname)]);
+    let agent = Agent::start(&t.gw_public.ns, &t.gw_public.ifname, &t.gw_private.ifname, &[]);
+    let log = agent.log_text();
+    assert!(log.contains("net.ipv4.ip_forward is not 1"), "{log}");
+    assert!(log.contains(&format!("reverse-path filtering is strict on {}", t.gw_private.ifname)), "{log}");
+    drop(agent);
+}
+
+/// The trap behind `ethtool -K … tx off` in every topology: a local socket's
+/// UDP packet on a veth carries only a partial checksum (CHECKSUM_PARTIAL),
+/// which no NIC completes; once rewritten, it is wrong on the wire. This
+/// proves the tests' own checksum verification catches that.
+#[test]
+fn partial_checksums_from_offloading_senders_are_caught() {
+    let s = setup();
+    let t = &s.t;
+    ns_sh(&t.internet.ns, &["ethtool", "-K", &t.internet.ifname, "tx", "on"]);
+    let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    client.send_to(b"offloaded checksum", sa(t.eip, 7000)).unwrap();
+    let frames = at_instance.collect(Duration::from_millis(300), Duration::from_secs(3), 100);
+    let udp: Vec<_> = frames.iter().filter(|f| f.len() > 23 && f[23] == UDP).collect();
+    assert_eq!(udp.len(), 1);
+    let err = parse_and_verify(udp[0]).expect_err("a partial checksum, rewritten, is wrong");
+    assert!(err.contains("bad L4 checksum"), "{err}");
+}
