@@ -4,9 +4,11 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let object = env::var_os("EIP_NAT_BPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../eip-nat-ebpf/target/bpfel-unknown-none/release/eip-nat")
-    });
+    let object = env::var_os("EIP_NAT_BPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            manifest.join("../eip-nat-ebpf/target/bpfel-unknown-none/release/eip-nat")
+        });
     println!("cargo:rerun-if-env-changed=EIP_NAT_BPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());
     if !object.exists() {

@@ -151,7 +151,10 @@ mod tests {
         // Pick `new` so that the patched checksum is exactly 0: with check
         // 0xffff (sum 0) and old = 0, the result is !(new words sum); new
         // words summing to 0xffff give 0.
-        assert_eq!(replace_u32(0xffff, [0, 0, 0, 0], [0xff, 0x00, 0x00, 0xff]), 0);
+        assert_eq!(
+            replace_u32(0xffff, [0, 0, 0, 0], [0xff, 0x00, 0x00, 0xff]),
+            0
+        );
         assert_eq!(
             udp_replace_u32(0xffff, [0, 0, 0, 0], [0xff, 0x00, 0x00, 0xff]),
             0xffff

@@ -69,7 +69,11 @@ mod tests {
         assert_eq!(check_header(0x46, 24), Ok(24), "options, no payload");
         assert_eq!(check_header(0x44, 40), Err(Verdict::Ipv4BadHeader), "IHL 4");
         assert_eq!(check_header(0x65, 40), Err(Verdict::Ipv4BadHeader), "IPv6");
-        assert_eq!(check_header(0x46, 20), Err(Verdict::Ipv4BadHeader), "tot_len < IHL");
+        assert_eq!(
+            check_header(0x46, 20),
+            Err(Verdict::Ipv4BadHeader),
+            "tot_len < IHL"
+        );
     }
 
     #[test]

@@ -151,7 +151,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    log::info!("stopping: detaching from {} and {}", cfg.public_if, cfg.private_if);
+    log::info!(
+        "stopping: detaching from {} and {}",
+        cfg.public_if,
+        cfg.private_if
+    );
     drop(listener);
     let _ = fs::remove_file(&cfg.socket);
     // The links are owned by the program; dropping the last reference to the

@@ -31,7 +31,9 @@ pub enum RuleError {
     SameAddress(Ipv4Addr),
     #[error("EIP {eip} is already associated with {private_ip}; an EIP has one target (disassociate it first)")]
     EipTaken { eip: Ipv4Addr, private_ip: Ipv4Addr },
-    #[error("private IP {private_ip} already carries EIP {eip}; a private IP carries at most one EIP")]
+    #[error(
+        "private IP {private_ip} already carries EIP {eip}; a private IP carries at most one EIP"
+    )]
     PrivateTaken { private_ip: Ipv4Addr, eip: Ipv4Addr },
     #[error("{addr} is the private IP of EIP {eip}, so it cannot also be an EIP")]
     EipIsAPrivateIp { addr: Ipv4Addr, eip: Ipv4Addr },
@@ -292,7 +294,10 @@ mod tests {
         let a = assoc(&mut t, "203.0.113.1", "10.0.0.1").unwrap();
         let b = assoc(&mut t, "203.0.113.2", "10.0.0.2").unwrap();
         assert_eq!((a.slot, b.slot), (0, 1));
-        assert_eq!(refused(&mut t, "203.0.113.3", "10.0.0.3"), RuleError::Full(2));
+        assert_eq!(
+            refused(&mut t, "203.0.113.3", "10.0.0.3"),
+            RuleError::Full(2)
+        );
         t.remove(a.eip);
         let c = assoc(&mut t, "203.0.113.3", "10.0.0.3").unwrap();
         assert_eq!(c.slot, 0, "a freed slot is reused");

@@ -152,10 +152,12 @@ impl Datapath {
     }
 
     pub fn set_interfaces(&mut self, cfg: IfaceConfig) -> Result<(), DatapathError> {
-        self.config.set(0, cfg, 0).map_err(|source| DatapathError::Map {
-            name: names::CONFIG,
-            source,
-        })
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::CONFIG,
+                source,
+            })
     }
 
     /// Attaches to `iface`'s ingress and returns the mode in effect.

@@ -12,7 +12,11 @@ use eip_nat::{
 use eip_nat_common::maps::DEFAULT_MAX_ASSOCIATIONS;
 
 #[derive(Parser)]
-#[command(name = "eip-nat", version, about = "EIP ↔ private IP translation in XDP")]
+#[command(
+    name = "eip-nat",
+    version,
+    about = "EIP ↔ private IP translation in XDP"
+)]
 struct Cli {
     /// The agent's control socket.
     #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
@@ -66,7 +70,10 @@ enum Command {
 }
 
 fn print_stats(s: &Stats) {
-    println!("{:<10} {:<26} {:>12} {:>14}", "DIRECTION", "VERDICT", "PACKETS", "BYTES");
+    println!(
+        "{:<10} {:<26} {:>12} {:>14}",
+        "DIRECTION", "VERDICT", "PACKETS", "BYTES"
+    );
     for v in s.verdicts.iter().filter(|v| v.packets > 0) {
         println!(
             "{:<10} {:<26} {:>12} {:>14}",

@@ -59,7 +59,8 @@ mod tests {
     struct FakeProc(PathBuf);
     impl FakeProc {
         fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("eip-nat-sysctl-{name}-{}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("eip-nat-sysctl-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             Self(p)
         }

@@ -13,9 +13,7 @@ use eip_nat::control::{self, Reply, Request, Response, Stats};
 pub fn binary() -> PathBuf {
     std::env::var_os("EIP_NAT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/eip-nat")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/eip-nat"))
 }
 
 pub struct Agent {
@@ -43,7 +41,13 @@ impl Agent {
             .arg(&bin)
             .arg("--socket")
             .arg(&socket)
-            .args(["agent", "--public-if", public_if, "--private-if", private_if])
+            .args([
+                "agent",
+                "--public-if",
+                public_if,
+                "--private-if",
+                private_if,
+            ])
             .args(extra)
             .stdout(Stdio::from(logfile.try_clone().unwrap()))
             .stderr(Stdio::from(logfile))
@@ -58,7 +62,11 @@ impl Agent {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("agent exited with {status}: {}", agent.log_text());
             }
-            assert!(Instant::now() < deadline, "agent did not come up: {}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up: {}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         agent

@@ -29,7 +29,11 @@ impl Capture {
                     (ETH_P_ALL.to_be()) as libc::c_int,
                 )
             };
-            assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                raw >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: `raw` is a fresh fd nobody else owns.
             unsafe { OwnedFd::from_raw_fd(raw) }
         });

@@ -84,8 +84,14 @@ impl Namespaces {
         sh(&["ip", "netns", "add", &name]);
         self.names.push(name.clone());
         ns_sh(&name, &["ip", "link", "set", "lo", "up"]);
-        ns_sh(&name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns_sh(&name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns_sh(
+            &name,
+            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+        );
+        ns_sh(
+            &name,
+            &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        );
         name
     }
 }
@@ -129,19 +135,45 @@ pub fn mac_str(m: [u8; 6]) -> String {
 /// it on a veth.
 pub fn veth(a: &End, b: &End) {
     sh(&[
-        "ip", "link", "add", &a.ifname, "netns", &a.ns, "address", &mac_str(a.mac), "type",
-        "veth", "peer", "name", &b.ifname, "netns", &b.ns, "address", &mac_str(b.mac),
+        "ip",
+        "link",
+        "add",
+        &a.ifname,
+        "netns",
+        &a.ns,
+        "address",
+        &mac_str(a.mac),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b.ifname,
+        "netns",
+        &b.ns,
+        "address",
+        &mac_str(b.mac),
     ]);
     for (me, peer) in [(a, b), (b, a)] {
         let cidr = format!("{}/{}", me.addr, me.prefix_len);
         ns_sh(&me.ns, &["ip", "addr", "add", &cidr, "dev", &me.ifname]);
-        ns_sh(&me.ns, &["ethtool", "-K", &me.ifname, "tx", "off", "rx", "off"]);
+        ns_sh(
+            &me.ns,
+            &["ethtool", "-K", &me.ifname, "tx", "off", "rx", "off"],
+        );
         ns_sh(&me.ns, &["ip", "link", "set", &me.ifname, "up"]);
         ns_sh(
             &me.ns,
             &[
-                "ip", "neigh", "replace", &peer.addr.to_string(), "lladdr", &mac_str(peer.mac),
-                "dev", &me.ifname, "nud", "permanent",
+                "ip",
+                "neigh",
+                "replace",
+                &peer.addr.to_string(),
+                "lladdr",
+                &mac_str(peer.mac),
+                "dev",
+                &me.ifname,
+                "nud",
+                "permanent",
             ],
         );
     }
@@ -186,11 +218,31 @@ impl Topology {
         let instance = end(&inst, "n", 0x04, [10, 200, 0, 10], 24);
         veth(&internet, &gw_public);
         veth(&gw_private, &instance);
-        ns_sh(&inet, &["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.1"]);
-        ns_sh(&inst, &["ip", "route", "add", "default", "via", "10.200.0.1"]);
+        ns_sh(
+            &inet,
+            &[
+                "ip",
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                "198.51.100.1",
+            ],
+        );
+        ns_sh(
+            &inst,
+            &["ip", "route", "add", "default", "via", "10.200.0.1"],
+        );
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
-        ns_sh(&gw, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=0", gw_private.ifname)]);
+        ns_sh(
+            &gw,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{}.rp_filter=0", gw_private.ifname),
+            ],
+        );
         Self {
             internet,
             gw_public,

@@ -13,7 +13,11 @@ pub const UDP: u8 = 17;
 /// RFC 1071 sum, written independently of `eip_nat_common::csum`.
 fn sum16(mut acc: u32, data: &[u8]) -> u32 {
     for (i, b) in data.iter().enumerate() {
-        acc += if i % 2 == 0 { (*b as u32) << 8 } else { *b as u32 };
+        acc += if i % 2 == 0 {
+            (*b as u32) << 8
+        } else {
+            *b as u32
+        };
     }
     acc
 }
@@ -181,7 +185,10 @@ pub fn parse_and_verify(frame: &[u8]) -> Result<Parsed, String> {
     let hlen = ((ip[0] & 0x0f) as usize) * 4;
     let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     if ip[0] >> 4 != 4 || hlen < 20 || tot < hlen || tot > ip.len() {
-        return Err(format!("bad IPv4 lengths: ihl {hlen} tot {tot} have {}", ip.len()));
+        return Err(format!(
+            "bad IPv4 lengths: ihl {hlen} tot {tot} have {}",
+            ip.len()
+        ));
     }
     if internet_checksum(&ip[..hlen]) != 0 {
         return Err(format!("bad IPv4 header checksum in {}", hex(frame)));

@@ -49,8 +49,14 @@ impl Harness {
 
     fn set_role(&mut self, direction: Direction) {
         let cfg = match direction {
-            Direction::Inbound => IfaceConfig { public_ifindex: self.lo, private_ifindex: 0 },
-            Direction::Outbound => IfaceConfig { public_ifindex: 0, private_ifindex: self.lo },
+            Direction::Inbound => IfaceConfig {
+                public_ifindex: self.lo,
+                private_ifindex: 0,
+            },
+            Direction::Outbound => IfaceConfig {
+                public_ifindex: 0,
+                private_ifindex: self.lo,
+            },
             Direction::Other => IfaceConfig::default(),
         };
         self.gw.datapath_mut().set_interfaces(cfg).unwrap();
@@ -95,7 +101,11 @@ impl Harness {
         let verdicts_before = self.verdicts();
         let eip_before = self.eip();
         let (action, out) = self.run(direction, input);
-        let want_action = if verdict.is_drop() { XDP_DROP } else { XDP_PASS };
+        let want_action = if verdict.is_drop() {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
         assert_eq!(action, want_action, "{name}: action");
         if verdict != Verdict::Translated {
             assert_eq!(verdict.action(), action);
@@ -112,7 +122,11 @@ impl Harness {
         for ((d, v, after), (_, _, before)) in self.verdicts().into_iter().zip(verdicts_before) {
             let (dp, db) = (after.packets - before.packets, after.bytes - before.bytes);
             if (d, v) == (direction, verdict) {
-                assert_eq!((dp, db), (1, input.len() as u64), "{name}: counter {d:?}/{v:?}");
+                assert_eq!(
+                    (dp, db),
+                    (1, input.len() as u64),
+                    "{name}: counter {d:?}/{v:?}"
+                );
             } else {
                 assert_eq!((dp, db), (0, 0), "{name}: counter {d:?}/{v:?} moved");
             }
@@ -129,18 +143,31 @@ impl Harness {
 }
 
 fn inbound(ip_bytes: usize) -> EipCounters {
-    EipCounters { in_packets: 1, in_bytes: ip_bytes as u64, ..Default::default() }
+    EipCounters {
+        in_packets: 1,
+        in_bytes: ip_bytes as u64,
+        ..Default::default()
+    }
 }
 
 fn outbound(ip_bytes: usize) -> EipCounters {
-    EipCounters { out_packets: 1, out_bytes: ip_bytes as u64, ..Default::default() }
+    EipCounters {
+        out_packets: 1,
+        out_bytes: ip_bytes as u64,
+        ..Default::default()
+    }
 }
 
 fn ip_len(p: &Ipv4) -> usize {
     p.header().len() + p.payload.len()
 }
 
-const NONE: EipCounters = EipCounters { in_packets: 0, in_bytes: 0, out_packets: 0, out_bytes: 0 };
+const NONE: EipCounters = EipCounters {
+    in_packets: 0,
+    in_bytes: 0,
+    out_packets: 0,
+    out_bytes: 0,
+};
 
 #[test]
 fn udp_with_checksum_both_directions() {
@@ -148,11 +175,25 @@ fn udp_with_checksum_both_directions() {
     let data = b"datagram payload, never touched: 203.0.113.10 10.200.0.10";
     let input = udp(INTERNET, 40000, EIP, 53, data, true);
     let expected = udp(INTERNET, 40000, PRIVATE, 53, data, true);
-    h.case("udp in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "udp in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
 
     let input = udp(PRIVATE, 53, INTERNET, 40000, data, true);
     let expected = udp(EIP, 53, INTERNET, 40000, data, true);
-    h.case("udp out", Direction::Outbound, &input.frame(), Verdict::Translated, &expected.frame(), outbound(ip_len(&input)));
+    h.case(
+        "udp out",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -161,10 +202,24 @@ fn udp_without_checksum_stays_without() {
     let input = udp(INTERNET, 40000, EIP, 7, b"no checksum", false);
     let expected = udp(INTERNET, 40000, PRIVATE, 7, b"no checksum", false);
     assert_eq!(&expected.payload[6..8], &[0, 0]);
-    h.case("udp0 in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "udp0 in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
     let input = udp(PRIVATE, 7, INTERNET, 40000, b"reply", false);
     let expected = udp(EIP, 7, INTERNET, 40000, b"reply", false);
-    h.case("udp0 out", Direction::Outbound, &input.frame(), Verdict::Translated, &expected.frame(), outbound(ip_len(&input)));
+    h.case(
+        "udp0 out",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
 }
 
 /// Finds a UDP payload whose translated checksum computes to 0, which must
@@ -175,11 +230,21 @@ fn udp_computed_zero_is_sent_as_ffff() {
     let (input, expected) = (0u16..=u16::MAX)
         .map(|n| {
             let data = n.to_be_bytes();
-            (udp(INTERNET, 40000, EIP, 9, &data, true), udp(INTERNET, 40000, PRIVATE, 9, &data, true))
+            (
+                udp(INTERNET, 40000, EIP, 9, &data, true),
+                udp(INTERNET, 40000, PRIVATE, 9, &data, true),
+            )
         })
         .find(|(_, e)| e.payload[6..8] == [0xff, 0xff])
         .expect("some 2-byte payload gives a computed zero");
-    h.case("udp ffff", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "udp ffff",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -187,10 +252,24 @@ fn tcp_both_directions() {
     let mut h = Harness::new();
     let input = tcp(INTERNET, 50000, EIP, 443, 0x02, b"");
     let expected = tcp(INTERNET, 50000, PRIVATE, 443, 0x02, b"");
-    h.case("tcp syn in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "tcp syn in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
     let input = tcp(PRIVATE, 443, INTERNET, 50000, 0x18, b"HTTP/1.1 200 OK\r\n");
     let expected = tcp(EIP, 443, INTERNET, 50000, 0x18, b"HTTP/1.1 200 OK\r\n");
-    h.case("tcp data out", Direction::Outbound, &input.frame(), Verdict::Translated, &expected.frame(), outbound(ip_len(&input)));
+    h.case(
+        "tcp data out",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -198,10 +277,24 @@ fn icmp_echo_both_directions() {
     let mut h = Harness::new();
     let input = icmp_echo(INTERNET, EIP, 8, 0x77, 1, b"ping payload");
     let expected = icmp_echo(INTERNET, PRIVATE, 8, 0x77, 1, b"ping payload");
-    h.case("echo request in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "echo request in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
     let input = icmp_echo(PRIVATE, INTERNET, 0, 0x77, 1, b"ping payload");
     let expected = icmp_echo(EIP, INTERNET, 0, 0x77, 1, b"ping payload");
-    h.case("echo reply out", Direction::Outbound, &input.frame(), Verdict::Translated, &expected.frame(), outbound(ip_len(&input)));
+    h.case(
+        "echo reply out",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -214,14 +307,28 @@ fn ip_options_are_honoured() {
     input.options = opts.clone();
     let mut expected = udp(INTERNET, 1234, PRIVATE, 5678, b"with options", true);
     expected.options = opts;
-    h.case("options in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "options in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
     // A record-route option (type 7) with room for addresses, IHL 8.
     let rr = vec![0x07, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0x00];
     let mut input = tcp(PRIVATE, 22, INTERNET, 60000, 0x10, b"ssh");
     input.options = rr.clone();
     let mut expected = tcp(EIP, 22, INTERNET, 60000, 0x10, b"ssh");
     expected.options = rr;
-    h.case("options out", Direction::Outbound, &input.frame(), Verdict::Translated, &expected.frame(), outbound(ip_len(&input)));
+    h.case(
+        "options out",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -233,13 +340,27 @@ fn later_fragments_change_at_the_ip_layer_only() {
     input.frags = 185;
     let mut expected = input.clone();
     expected.dst = PRIVATE;
-    h.case("fragment in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "fragment in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
     // The first fragment (MF set, offset 0) does carry the L4 checksum.
     let mut input = udp(INTERNET, 1, EIP, 2, b"first fragment", true);
     input.frags = 0x2000;
     let mut expected = udp(INTERNET, 1, PRIVATE, 2, b"first fragment", true);
     expected.frags = 0x2000;
-    h.case("first fragment in", Direction::Inbound, &input.frame(), Verdict::Translated, &expected.frame(), inbound(ip_len(&input)));
+    h.case(
+        "first fragment in",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -252,7 +373,14 @@ fn link_padding_is_left_alone() {
         f.resize(60, 0xa5);
         f
     };
-    h.case("padded", Direction::Inbound, &pad(input.frame()), Verdict::Translated, &pad(expected.frame()), inbound(ip_len(&input)));
+    h.case(
+        "padded",
+        Direction::Inbound,
+        &pad(input.frame()),
+        Verdict::Translated,
+        &pad(expected.frame()),
+        inbound(ip_len(&input)),
+    );
 }
 
 #[test]
@@ -261,10 +389,26 @@ fn untranslatable_packets_pass_untouched() {
     // No mapping: another EIP inbound, another private IP outbound, and an
     // inbound packet *from* the private IP (the tables are per direction).
     for (name, dir, p) in [
-        ("no mapping in", Direction::Inbound, udp(INTERNET, 1, OTHER, 2, b"x", true)),
-        ("no mapping out", Direction::Outbound, udp(Ipv4Addr::new(10, 200, 0, 11), 1, INTERNET, 2, b"x", true)),
-        ("eip as source in", Direction::Inbound, udp(EIP, 1, INTERNET, 2, b"x", true)),
-        ("private as dest out", Direction::Outbound, udp(INTERNET, 1, PRIVATE, 2, b"x", true)),
+        (
+            "no mapping in",
+            Direction::Inbound,
+            udp(INTERNET, 1, OTHER, 2, b"x", true),
+        ),
+        (
+            "no mapping out",
+            Direction::Outbound,
+            udp(Ipv4Addr::new(10, 200, 0, 11), 1, INTERNET, 2, b"x", true),
+        ),
+        (
+            "eip as source in",
+            Direction::Inbound,
+            udp(EIP, 1, INTERNET, 2, b"x", true),
+        ),
+        (
+            "private as dest out",
+            Direction::Outbound,
+            udp(INTERNET, 1, PRIVATE, 2, b"x", true),
+        ),
     ] {
         let f = p.frame();
         h.case(name, dir, &f, Verdict::NoMapping, &f, NONE);
@@ -276,7 +420,14 @@ fn untranslatable_packets_pass_untouched() {
     arp.extend(INTERNET.octets());
     arp.extend([0; 6]);
     arp.extend(EIP.octets());
-    h.case("arp", Direction::Inbound, &arp, Verdict::NotIpv4, &arp, NONE);
+    h.case(
+        "arp",
+        Direction::Inbound,
+        &arp,
+        Verdict::NotIpv4,
+        &arp,
+        NONE,
+    );
     // IPv6 to anything.
     let mut v6 = ethernet(MAC_B, MAC_A, 0x86dd);
     v6.extend([0x60, 0, 0, 0, 0, 8, 17, 64]);
@@ -284,7 +435,14 @@ fn untranslatable_packets_pass_untouched() {
     h.case("ipv6", Direction::Inbound, &v6, Verdict::NotIpv4, &v6, NONE);
     // A packet for the EIP on an interface with no role.
     let f = udp(INTERNET, 1, EIP, 2, b"x", true).frame();
-    h.case("unknown iface", Direction::Other, &f, Verdict::UnknownInterface, &f, NONE);
+    h.case(
+        "unknown iface",
+        Direction::Other,
+        &f,
+        Verdict::UnknownInterface,
+        &f,
+        NONE,
+    );
 }
 
 #[test]
@@ -293,24 +451,59 @@ fn malformed_packets_are_dropped_with_their_reason() {
     let good = udp(INTERNET, 1, EIP, 2, b"0123456789", true).frame();
 
     let cut = &good[..14 + 10];
-    h.case("header cut", Direction::Inbound, cut, Verdict::Ipv4Truncated, &[], NONE);
+    h.case(
+        "header cut",
+        Direction::Inbound,
+        cut,
+        Verdict::Ipv4Truncated,
+        &[],
+        NONE,
+    );
 
     let mut long = good.clone();
     long[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len past the end
-    h.case("tot_len too long", Direction::Inbound, &long, Verdict::Ipv4Truncated, &[], NONE);
+    h.case(
+        "tot_len too long",
+        Direction::Inbound,
+        &long,
+        Verdict::Ipv4Truncated,
+        &[],
+        NONE,
+    );
 
     let mut ihl4 = good.clone();
     ihl4[14] = 0x44;
-    h.case("ihl 4", Direction::Inbound, &ihl4, Verdict::Ipv4BadHeader, &[], NONE);
+    h.case(
+        "ihl 4",
+        Direction::Inbound,
+        &ihl4,
+        Verdict::Ipv4BadHeader,
+        &[],
+        NONE,
+    );
 
     let mut v6hdr = good.clone();
     v6hdr[14] = 0x65;
-    h.case("version 6 in ipv4", Direction::Inbound, &v6hdr, Verdict::Ipv4BadHeader, &[], NONE);
+    h.case(
+        "version 6 in ipv4",
+        Direction::Inbound,
+        &v6hdr,
+        Verdict::Ipv4BadHeader,
+        &[],
+        NONE,
+    );
 
     let mut short_tot = good.clone();
     short_tot[14] = 0x46;
     short_tot[16..18].copy_from_slice(&22u16.to_be_bytes()); // < 24-byte header
-    h.case("tot_len < ihl", Direction::Inbound, &short_tot, Verdict::Ipv4BadHeader, &[], NONE);
+    h.case(
+        "tot_len < ihl",
+        Direction::Inbound,
+        &short_tot,
+        Verdict::Ipv4BadHeader,
+        &[],
+        NONE,
+    );
 
     // TCP to the EIP whose datagram ends inside the TCP header (before the
     // checksum): tiny first fragment.
@@ -319,14 +512,28 @@ fn malformed_packets_are_dropped_with_their_reason() {
     tiny.payload.truncate(12);
     tiny.frags = 0x2000;
     assert_eq!(tiny.proto, TCP);
-    h.case("tiny tcp fragment", Direction::Inbound, &tiny.frame(), Verdict::L4Truncated, &[], NONE);
+    h.case(
+        "tiny tcp fragment",
+        Direction::Inbound,
+        &tiny.frame(),
+        Verdict::L4Truncated,
+        &[],
+        NONE,
+    );
 
     // The same lengths for an address nobody owns still pass as no-mapping:
     // the L4 check is only needed where we would rewrite.
     let mut tiny_other = tiny.clone();
     tiny_other.dst = OTHER;
     let f = tiny_other.frame();
-    h.case("tiny, no mapping", Direction::Inbound, &f, Verdict::NoMapping, &f, NONE);
+    h.case(
+        "tiny, no mapping",
+        Direction::Inbound,
+        &f,
+        Verdict::NoMapping,
+        &f,
+        NONE,
+    );
 }
 
 #[test]
@@ -334,16 +541,40 @@ fn disassociated_eip_passes_untouched() {
     let mut h = Harness::new();
     h.gw.disassociate(EIP).unwrap();
     let f = udp(INTERNET, 1, EIP, 2, b"late", true).frame();
-    h.case("after disassociate in", Direction::Inbound, &f, Verdict::NoMapping, &f, NONE);
+    h.case(
+        "after disassociate in",
+        Direction::Inbound,
+        &f,
+        Verdict::NoMapping,
+        &f,
+        NONE,
+    );
     let f = udp(PRIVATE, 2, INTERNET, 1, b"late", true).frame();
-    h.case("after disassociate out", Direction::Outbound, &f, Verdict::NoMapping, &f, NONE);
+    h.case(
+        "after disassociate out",
+        Direction::Outbound,
+        &f,
+        Verdict::NoMapping,
+        &f,
+        NONE,
+    );
 }
 
 #[test]
 fn maps_agree_with_the_table() {
     let mut h = Harness::new();
-    h.gw.associate(Ipv4Addr::new(203, 0, 113, 11), Ipv4Addr::new(10, 200, 0, 11)).unwrap();
-    assert!(h.gw.associate(Ipv4Addr::new(203, 0, 113, 11), Ipv4Addr::new(10, 200, 0, 12)).is_err());
+    h.gw.associate(
+        Ipv4Addr::new(203, 0, 113, 11),
+        Ipv4Addr::new(10, 200, 0, 11),
+    )
+    .unwrap();
+    assert!(h
+        .gw
+        .associate(
+            Ipv4Addr::new(203, 0, 113, 11),
+            Ipv4Addr::new(10, 200, 0, 12)
+        )
+        .is_err());
     let mut entries = h.gw.datapath_mut().entries().unwrap();
     entries.sort_by_key(|e| e.0);
     assert_eq!(entries.len(), 2, "a refused request left nothing behind");

@@ -28,10 +28,19 @@ struct Setup {
 fn setup_with(extra: &[&str], associate: bool) -> Setup {
     require_root();
     let t = Topology::new();
-    let agent = Agent::start(&t.gw_public.ns, &t.gw_public.ifname, &t.gw_private.ifname, extra);
+    let agent = Agent::start(
+        &t.gw_public.ns,
+        &t.gw_public.ifname,
+        &t.gw_private.ifname,
+        extra,
+    );
     if associate {
         agent.cli_ok(&[
-            "associate", "--eip", &t.eip.to_string(), "--private-ip", &t.instance.addr.to_string(),
+            "associate",
+            "--eip",
+            &t.eip.to_string(),
+            "--private-ip",
+            &t.instance.addr.to_string(),
         ]);
     }
     Setup { agent, t }
@@ -59,7 +68,10 @@ fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, SocketA
                 return (conn, peer);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(std::time::Instant::now() < deadline, "no connection arrived");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection arrived"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("accept: {e}"),
@@ -93,13 +105,19 @@ fn udp_exchange(s: &Setup, n: usize, size: usize) {
     for i in 0..n {
         let payload = vec![(i % 251) as u8; size];
         client.send_to(&payload, sa(t.eip, 7000)).unwrap();
-        let (len, from) = server.recv_from(&mut buf).expect("instance receives the datagram sent to its EIP");
+        let (len, from) = server
+            .recv_from(&mut buf)
+            .expect("instance receives the datagram sent to its EIP");
         assert_eq!(&buf[..len], &payload[..]);
         assert_eq!(from.ip(), t.internet.addr, "no SNAT on the way in");
         server.send_to(&buf[..len], from).unwrap();
         let (len, from) = client.recv_from(&mut buf).expect("the reply comes back");
         assert_eq!(&buf[..len], &payload[..]);
-        assert_eq!(from, SocketAddr::V4(sa(t.eip, 7000)), "the reply comes from the EIP");
+        assert_eq!(
+            from,
+            SocketAddr::V4(sa(t.eip, 7000)),
+            "the reply comes from the EIP"
+        );
     }
 }
 
@@ -115,12 +133,22 @@ fn check_udp_exchange(extra: &[&str]) {
 
     // On the wire: every datagram reached the instance for its private IP
     // and left with the EIP, with valid checksums.
-    let inb: Vec<_> = collect(&at_instance).into_iter().filter(|p| p.proto == UDP).collect();
+    let inb: Vec<_> = collect(&at_instance)
+        .into_iter()
+        .filter(|p| p.proto == UDP)
+        .collect();
     assert_eq!(inb.len(), n);
-    assert!(inb.iter().all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
-    let outb: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == UDP).collect();
+    assert!(inb
+        .iter()
+        .all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
+    let outb: Vec<_> = collect(&at_internet)
+        .into_iter()
+        .filter(|p| p.proto == UDP)
+        .collect();
     assert_eq!(outb.len(), n);
-    assert!(outb.iter().all(|p| p.src == t.eip && p.dst == t.internet.addr));
+    assert!(outb
+        .iter()
+        .all(|p| p.src == t.eip && p.dst == t.internet.addr));
 
     // Counters: exactly these packets, with their IPv4 bytes.
     let ip_bytes = (n * (20 + 8 + size)) as u64;
@@ -136,7 +164,12 @@ fn check_udp_exchange(extra: &[&str]) {
         // Frames: IPv4 bytes plus a 14-byte Ethernet header each.
         assert_eq!(v1.bytes - v0.bytes, ip_bytes + 14 * n as u64, "{dir} bytes");
     }
-    let drops: u64 = after.verdicts.iter().filter(|v| v.drop).map(|v| v.packets).sum();
+    let drops: u64 = after
+        .verdicts
+        .iter()
+        .filter(|v| v.drop)
+        .map(|v| v.packets)
+        .sum();
     assert_eq!(drops, 0, "{after:?}");
 }
 
@@ -154,7 +187,9 @@ fn udp_exchange_generic_xdp() {
 fn tcp_connection_from_the_internet_reaches_the_instance() {
     let s = setup();
     let t = &s.t;
-    let listener = in_netns(&t.instance.ns, || TcpListener::bind("0.0.0.0:8080").unwrap());
+    let listener = in_netns(&t.instance.ns, || {
+        TcpListener::bind("0.0.0.0:8080").unwrap()
+    });
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
     let eip = t.eip;
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 256) as u8).collect();
@@ -162,30 +197,46 @@ fn tcp_connection_from_the_internet_reaches_the_instance() {
         let server = scope.spawn(|| {
             let (mut conn, peer) = accept_within(&listener, TIMEOUT);
             conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-            assert_eq!(peer.ip(), t.internet.addr, "the instance sees the real client");
-            assert_eq!(conn.local_addr().unwrap().ip(), t.instance.addr, "and its own private IP");
+            assert_eq!(
+                peer.ip(),
+                t.internet.addr,
+                "the instance sees the real client"
+            );
+            assert_eq!(
+                conn.local_addr().unwrap().ip(),
+                t.instance.addr,
+                "and its own private IP"
+            );
             let mut got = vec![0u8; data.len()];
             conn.read_exact(&mut got).unwrap();
             conn.write_all(&got).unwrap();
         });
         let mut client = in_netns(&t.internet.ns, || {
-            TcpStream::connect_timeout(&SocketAddr::V4(sa(eip, 8080)), TIMEOUT).expect("connect to the EIP")
+            TcpStream::connect_timeout(&SocketAddr::V4(sa(eip, 8080)), TIMEOUT)
+                .expect("connect to the EIP")
         });
         client.set_read_timeout(Some(TIMEOUT)).unwrap();
         assert_eq!(client.peer_addr().unwrap(), SocketAddr::V4(sa(eip, 8080)));
         client.write_all(&data).unwrap();
         let mut echo = vec![0u8; data.len()];
-        client.read_exact(&mut echo).expect("echo through the gateway");
+        client
+            .read_exact(&mut echo)
+            .expect("echo through the gateway");
         assert!(echo == data, "payload changed in transit");
         server.join().unwrap();
     });
     let seen = collect(&at_instance);
     let tcp: Vec<_> = seen.iter().filter(|p| p.proto == 6).collect();
     assert!(tcp.len() > 10, "captured {} TCP segments", tcp.len());
-    assert!(tcp.iter().all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
+    assert!(tcp
+        .iter()
+        .all(|p| p.dst == t.instance.addr && p.src == t.internet.addr));
     let st = s.agent.stats();
     let e = st.eip(t.eip).unwrap();
-    assert!(e.in_bytes > data.len() as u64 && e.out_bytes > data.len() as u64, "{e:?}");
+    assert!(
+        e.in_bytes > data.len() as u64 && e.out_bytes > data.len() as u64,
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -193,7 +244,9 @@ fn connections_started_by_the_instance_leave_with_the_eip() {
     let s = setup();
     let t = &s.t;
     // TCP.
-    let listener = in_netns(&t.internet.ns, || TcpListener::bind("198.51.100.2:9090").unwrap());
+    let listener = in_netns(&t.internet.ns, || {
+        TcpListener::bind("198.51.100.2:9090").unwrap()
+    });
     let inet = t.internet.addr;
     std::thread::scope(|scope| {
         let server = scope.spawn(|| {
@@ -202,7 +255,8 @@ fn connections_started_by_the_instance_leave_with_the_eip() {
             conn.write_all(b"hello EIP").unwrap();
         });
         let mut c = in_netns(&t.instance.ns, || {
-            TcpStream::connect_timeout(&SocketAddr::V4(sa(inet, 9090)), TIMEOUT).expect("instance connects out")
+            TcpStream::connect_timeout(&SocketAddr::V4(sa(inet, 9090)), TIMEOUT)
+                .expect("instance connects out")
         });
         c.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut got = String::new();
@@ -216,15 +270,23 @@ fn connections_started_by_the_instance_leave_with_the_eip() {
     client.send_to(b"query", sa(inet, 5353)).unwrap();
     let mut buf = [0u8; 64];
     let (n, from) = server.recv_from(&mut buf).unwrap();
-    assert_eq!((&buf[..n], from.ip()), (&b"query"[..], std::net::IpAddr::V4(t.eip)));
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query"[..], std::net::IpAddr::V4(t.eip))
+    );
     server.send_to(b"answer", from).unwrap();
     let (n, from) = client.recv_from(&mut buf).unwrap();
-    assert_eq!((&buf[..n], from), (&b"answer"[..], SocketAddr::V4(sa(inet, 5353))));
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"answer"[..], SocketAddr::V4(sa(inet, 5353)))
+    );
 }
 
 fn ping(ns: &str, to: Ipv4Addr) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q"])
+        .args([
+            "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q",
+        ])
         .arg(to.to_string())
         .output()
         .expect("ping")
@@ -239,9 +301,18 @@ fn icmp_echo_passes_both_ways() {
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
     let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
     assert!(ping(&t.internet.ns, t.eip), "internet pings the EIP");
-    assert!(ping(&t.instance.ns, t.internet.addr), "instance pings the internet");
-    let inb: Vec<_> = collect(&at_instance).into_iter().filter(|p| p.proto == ICMP).collect();
-    let outb: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == ICMP).collect();
+    assert!(
+        ping(&t.instance.ns, t.internet.addr),
+        "instance pings the internet"
+    );
+    let inb: Vec<_> = collect(&at_instance)
+        .into_iter()
+        .filter(|p| p.proto == ICMP)
+        .collect();
+    let outb: Vec<_> = collect(&at_internet)
+        .into_iter()
+        .filter(|p| p.proto == ICMP)
+        .collect();
     // 3 requests in + 3 replies in, on each side; all translated.
     assert_eq!(inb.len(), 6, "{inb:?}");
     assert_eq!(outb.len(), 6, "{outb:?}");
@@ -255,20 +326,30 @@ fn disassociate_stops_translation_at_once() {
     let t = &s.t;
     udp_exchange(&s, 1, 10);
     let before = s.agent.stats();
-    s.agent.cli_ok(&["disassociate", "--eip", &t.eip.to_string()]);
+    s.agent
+        .cli_ok(&["disassociate", "--eip", &t.eip.to_string()]);
 
     // Inbound: the very next datagram for the EIP does not reach the instance.
     let server = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 7000));
-    server.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
     let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
     client.send_to(b"too late", sa(t.eip, 7000)).unwrap();
     let mut buf = [0u8; 64];
-    assert!(server.recv_from(&mut buf).is_err(), "the disassociated EIP still reached the instance");
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "the disassociated EIP still reached the instance"
+    );
     // Outbound: the instance's traffic leaves with its private source.
     let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
     let out = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 0));
-    out.send_to(b"untranslated", sa(t.internet.addr, 9)).unwrap();
-    let seen: Vec<_> = collect(&at_internet).into_iter().filter(|p| p.proto == UDP).collect();
+    out.send_to(b"untranslated", sa(t.internet.addr, 9))
+        .unwrap();
+    let seen: Vec<_> = collect(&at_internet)
+        .into_iter()
+        .filter(|p| p.proto == UDP)
+        .collect();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].src, t.instance.addr);
 
@@ -296,17 +377,68 @@ fn invalid_requests_are_refused_and_change_nothing() {
     let before = list();
     assert!(before.contains("203.0.113.10") && before.contains("10.200.0.10"));
     for (args, says) in [
-        (vec!["associate", "--eip", "203.0.113.10", "--private-ip", "10.200.0.11"], "already associated with 10.200.0.10"),
-        (vec!["associate", "--eip", "203.0.113.11", "--private-ip", "10.200.0.10"], "already carries EIP 203.0.113.10"),
-        (vec!["associate", "--eip", "203.0.113.300", "--private-ip", "10.200.0.12"], "invalid value '203.0.113.300'"),
-        (vec!["associate", "--eip", "127.0.0.1", "--private-ip", "10.200.0.12"], "loopback"),
-        (vec!["associate", "--eip", "10.200.0.10", "--private-ip", "10.200.0.12"], "cannot also be an EIP"),
-        (vec!["disassociate", "--eip", "203.0.113.99"], "203.0.113.99 is not associated"),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "203.0.113.10",
+                "--private-ip",
+                "10.200.0.11",
+            ],
+            "already associated with 10.200.0.10",
+        ),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "203.0.113.11",
+                "--private-ip",
+                "10.200.0.10",
+            ],
+            "already carries EIP 203.0.113.10",
+        ),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "203.0.113.300",
+                "--private-ip",
+                "10.200.0.12",
+            ],
+            "invalid value '203.0.113.300'",
+        ),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "127.0.0.1",
+                "--private-ip",
+                "10.200.0.12",
+            ],
+            "loopback",
+        ),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "10.200.0.10",
+                "--private-ip",
+                "10.200.0.12",
+            ],
+            "cannot also be an EIP",
+        ),
+        (
+            vec!["disassociate", "--eip", "203.0.113.99"],
+            "203.0.113.99 is not associated",
+        ),
     ] {
         let out = s.agent.cli(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.contains(says), "{args:?}: stderr {err:?} does not say {says:?}");
+        assert!(
+            err.contains(says),
+            "{args:?}: stderr {err:?} does not say {says:?}"
+        );
         assert_eq!(list(), before, "{args:?} changed the table");
     }
     // The datapath still translates exactly as before.
@@ -315,7 +447,9 @@ fn invalid_requests_are_refused_and_change_nothing() {
 
 fn xdp_attached(ns: &str, ifname: &str) -> bool {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ip", "-d", "link", "show", "dev", ifname])
+        .args([
+            "netns", "exec", ns, "ip", "-d", "link", "show", "dev", ifname,
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
@@ -329,7 +463,11 @@ fn agent_detaches_cleanly_on_sigterm() {
     let socket = agent.socket.clone();
     let log = agent.log.clone();
     let status = agent.stop();
-    assert!(status.success(), "agent exit: {status}: {}", std::fs::read_to_string(log).unwrap());
+    assert!(
+        status.success(),
+        "agent exit: {status}: {}",
+        std::fs::read_to_string(log).unwrap()
+    );
     assert!(!xdp_attached(&t.gw_public.ns, &t.gw_public.ifname));
     assert!(!xdp_attached(&t.gw_private.ns, &t.gw_private.ifname));
     assert!(!socket.exists(), "control socket removed");
@@ -340,11 +478,29 @@ fn agent_names_missing_sysctls() {
     require_root();
     let t = Topology::new();
     ns_sh(&t.gw_public.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
-    ns_sh(&t.gw_public.ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{}.rp_filter=1", t.gw_private.ifname)]);
-    let agent = Agent::start(&t.gw_public.ns, &t.gw_public.ifname, &t.gw_private.ifname, &[]);
+    ns_sh(
+        &t.gw_public.ns,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{}.rp_filter=1", t.gw_private.ifname),
+        ],
+    );
+    let agent = Agent::start(
+        &t.gw_public.ns,
+        &t.gw_public.ifname,
+        &t.gw_private.ifname,
+        &[],
+    );
     let log = agent.log_text();
     assert!(log.contains("net.ipv4.ip_forward is not 1"), "{log}");
-    assert!(log.contains(&format!("reverse-path filtering is strict on {}", t.gw_private.ifname)), "{log}");
+    assert!(
+        log.contains(&format!(
+            "reverse-path filtering is strict on {}",
+            t.gw_private.ifname
+        )),
+        "{log}"
+    );
     drop(agent);
 }
 
@@ -356,12 +512,20 @@ fn agent_names_missing_sysctls() {
 fn partial_checksums_from_offloading_senders_are_caught() {
     let s = setup();
     let t = &s.t;
-    ns_sh(&t.internet.ns, &["ethtool", "-K", &t.internet.ifname, "tx", "on"]);
+    ns_sh(
+        &t.internet.ns,
+        &["ethtool", "-K", &t.internet.ifname, "tx", "on"],
+    );
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
     let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
-    client.send_to(b"offloaded checksum", sa(t.eip, 7000)).unwrap();
+    client
+        .send_to(b"offloaded checksum", sa(t.eip, 7000))
+        .unwrap();
     let frames = at_instance.collect(Duration::from_millis(300), Duration::from_secs(3), 100);
-    let udp: Vec<_> = frames.iter().filter(|f| f.len() > 23 && f[23] == UDP).collect();
+    let udp: Vec<_> = frames
+        .iter()
+        .filter(|f| f.len() > 23 && f[23] == UDP)
+        .collect();
     assert_eq!(udp.len(), 1);
     let err = parse_and_verify(udp[0]).expect_err("a partial checksum, rewritten, is wrong");
     assert!(err.contains("bad L4 checksum"), "{err}");

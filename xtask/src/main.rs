@@ -1,1 +1,52 @@
-fn main() {}
+//! `cargo xtask`: what cargo alone cannot do here. Installs the BPF
+//! toolchain, builds the eBPF object with Debian's rustc, runs the root-only
+//! tests and the demo.
+
+mod bootstrap;
+mod build;
+mod cmd;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and tests need (apt packages, bpf-linker),
+    /// idempotently; fast when everything is present.
+    Bootstrap,
+    /// Bootstrap, then build the BPF object and `target/release/eip-nat`.
+    Build,
+    /// Build, then run every test layer: lints, host unit tests,
+    /// BPF_PROG_TEST_RUN datapath tests, netns integration tests.
+    Test,
+    /// Build, then show translation on a small namespace topology.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Bootstrap => bootstrap::run(),
+        Command::Build => {
+            bootstrap::run()?;
+            build::all()
+        }
+        Command::Test => {
+            bootstrap::run()?;
+            build::all()?;
+            test::run()
+        }
+        Command::Demo => {
+            bootstrap::run()?;
+            build::all()?;
+            build::demo()
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Building the BPF object, the agent and the demo.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+use crate::cmd::{self, root};
+
+/// Environment a parent cargo or the user may set that must not leak into
+/// the BPF build (it targets bpfel-unknown-none with Debian's rustc).
+const HOST_ONLY_ENV: &[&str] = &[
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_RUSTFLAGS",
+];
+
+pub fn bpf_object() -> PathBuf {
+    root().join("eip-nat-ebpf/target/bpfel-unknown-none/release/eip-nat")
+}
+
+pub fn agent_binary() -> PathBuf {
+    root().join("target/release/eip-nat")
+}
+
+/// Builds the eBPF crate from its own directory, so its
+/// `.cargo/config.toml` (target, rustc, linker) applies.
+pub fn ebpf() -> Result<()> {
+    let mut c = Command::new("cargo");
+    c.args(["build", "--release", "--locked"])
+        .current_dir(root().join("eip-nat-ebpf"));
+    for var in HOST_ONLY_ENV {
+        c.env_remove(var);
+    }
+    cmd::run(&mut c)
+}
+
+pub fn agent() -> Result<()> {
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "--locked", "-p", "eip-nat-userspace"])
+            .current_dir(root())
+            .env("EIP_NAT_BPF_OBJECT", bpf_object()),
+    )
+}
+
+pub fn all() -> Result<()> {
+    ebpf()?;
+    agent()?;
+    eprintln!("built {} (BPF object embedded)", agent_binary().display());
+    Ok(())
+}
+
+pub fn demo() -> Result<()> {
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "run",
+                "--quiet",
+                "--locked",
+                "-p",
+                "integration-tests",
+                "--bin",
+                "eip-nat-demo",
+            ])
+            .current_dir(root())
+            .env("EIP_NAT_BPF_OBJECT", bpf_object())
+            .env("EIP_NAT_BIN", agent_binary()),
+    )
+}

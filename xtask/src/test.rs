@@ -1,0 +1,103 @@
+//! `cargo xtask test`: every layer, in order, none skipped.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    bootstrap::is_root,
+    build::{agent_binary, bpf_object},
+    cmd::{self, root},
+};
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(args)
+        .current_dir(root())
+        .env("EIP_NAT_BPF_OBJECT", bpf_object())
+        .env("EIP_NAT_BIN", agent_binary());
+    c
+}
+
+pub fn run() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the datapath and netns tests load BPF programs and create network namespaces: \
+             run `cargo xtask test` as root (nothing is skipped)"
+        );
+    }
+    let ebpf_manifest = root().join("eip-nat-ebpf/Cargo.toml");
+    let ebpf_manifest = ebpf_manifest.to_string_lossy();
+    let layers: Vec<(&str, Vec<Command>)> = vec![
+        (
+            "format",
+            vec![
+                cargo(&["fmt", "--all", "--check"]),
+                cargo(&["fmt", "--check", "--manifest-path", &ebpf_manifest]),
+            ],
+        ),
+        (
+            "clippy -D warnings (host crates)",
+            vec![cargo(&[
+                "clippy",
+                "--locked",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])],
+        ),
+        (
+            "host unit tests (checksums, parsing, association rules, sysctls, protocol)",
+            vec![
+                cargo(&[
+                    "test",
+                    "--locked",
+                    "--workspace",
+                    "--exclude",
+                    "integration-tests",
+                ]),
+                cargo(&["test", "--locked", "-p", "integration-tests", "--lib"]),
+            ],
+        ),
+        (
+            "datapath tests (BPF_PROG_TEST_RUN)",
+            vec![cargo(&[
+                "test",
+                "--locked",
+                "-p",
+                "integration-tests",
+                "--test",
+                "datapath",
+            ])],
+        ),
+        (
+            "netns integration tests (real agent, real traffic)",
+            vec![cargo(&[
+                "test",
+                "--locked",
+                "-p",
+                "integration-tests",
+                "--test",
+                "netns",
+            ])],
+        ),
+    ];
+    let mut done = Vec::new();
+    for (name, commands) in layers {
+        eprintln!("\n=== {name} ===");
+        let start = Instant::now();
+        for mut c in commands {
+            if let Err(e) = cmd::run(&mut c) {
+                bail!("layer \"{name}\" failed: {e:#}");
+            }
+        }
+        done.push((name, start.elapsed()));
+    }
+    eprintln!("\n=== summary ===");
+    for (name, t) in &done {
+        eprintln!("ok  {name} ({:.1}s)", t.as_secs_f64());
+    }
+    Ok(())
+}
