@@ -142,6 +142,36 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// A packet that must come out translated as `expected`, counted for the
+    /// association in its direction.
+    fn translated(&mut self, name: &str, direction: Direction, input: &Ipv4, expected: &Ipv4) {
+        let n = ip_len(input);
+        let delta = match direction {
+            Direction::Inbound => inbound(n),
+            _ => outbound(n),
+        };
+        self.case(
+            name,
+            direction,
+            &input.frame(),
+            Verdict::Translated,
+            &expected.frame(),
+            delta,
+        );
+    }
+
+    /// A frame that must pass exactly as it came, under `verdict`.
+    fn untouched(&mut self, name: &str, direction: Direction, frame: &[u8], verdict: Verdict) {
+        self.case(name, direction, frame, verdict, frame, NONE);
+    }
+
+    /// A frame that must be dropped under `verdict`.
+    fn dropped(&mut self, name: &str, frame: &[u8], verdict: Verdict) {
+        self.case(name, Direction::Inbound, frame, verdict, &[], NONE);
+    }
+}
+
 fn inbound(ip_bytes: usize) -> EipCounters {
     EipCounters {
         in_packets: 1,
@@ -175,25 +205,11 @@ fn udp_with_checksum_both_directions() {
     let data = b"datagram payload, never touched: 203.0.113.10 10.200.0.10";
     let input = udp(INTERNET, 40000, EIP, 53, data, true);
     let expected = udp(INTERNET, 40000, PRIVATE, 53, data, true);
-    h.case(
-        "udp in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("udp in", Direction::Inbound, &input, &expected);
 
     let input = udp(PRIVATE, 53, INTERNET, 40000, data, true);
     let expected = udp(EIP, 53, INTERNET, 40000, data, true);
-    h.case(
-        "udp out",
-        Direction::Outbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        outbound(ip_len(&input)),
-    );
+    h.translated("udp out", Direction::Outbound, &input, &expected);
 }
 
 #[test]
@@ -202,24 +218,10 @@ fn udp_without_checksum_stays_without() {
     let input = udp(INTERNET, 40000, EIP, 7, b"no checksum", false);
     let expected = udp(INTERNET, 40000, PRIVATE, 7, b"no checksum", false);
     assert_eq!(&expected.payload[6..8], &[0, 0]);
-    h.case(
-        "udp0 in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("udp0 in", Direction::Inbound, &input, &expected);
     let input = udp(PRIVATE, 7, INTERNET, 40000, b"reply", false);
     let expected = udp(EIP, 7, INTERNET, 40000, b"reply", false);
-    h.case(
-        "udp0 out",
-        Direction::Outbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        outbound(ip_len(&input)),
-    );
+    h.translated("udp0 out", Direction::Outbound, &input, &expected);
 }
 
 /// Finds a UDP payload whose translated checksum computes to 0, which must
@@ -237,14 +239,7 @@ fn udp_computed_zero_is_sent_as_ffff() {
         })
         .find(|(_, e)| e.payload[6..8] == [0xff, 0xff])
         .expect("some 2-byte payload gives a computed zero");
-    h.case(
-        "udp ffff",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("udp ffff", Direction::Inbound, &input, &expected);
 }
 
 #[test]
@@ -252,24 +247,10 @@ fn tcp_both_directions() {
     let mut h = Harness::new();
     let input = tcp(INTERNET, 50000, EIP, 443, 0x02, b"");
     let expected = tcp(INTERNET, 50000, PRIVATE, 443, 0x02, b"");
-    h.case(
-        "tcp syn in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("tcp syn in", Direction::Inbound, &input, &expected);
     let input = tcp(PRIVATE, 443, INTERNET, 50000, 0x18, b"HTTP/1.1 200 OK\r\n");
     let expected = tcp(EIP, 443, INTERNET, 50000, 0x18, b"HTTP/1.1 200 OK\r\n");
-    h.case(
-        "tcp data out",
-        Direction::Outbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        outbound(ip_len(&input)),
-    );
+    h.translated("tcp data out", Direction::Outbound, &input, &expected);
 }
 
 #[test]
@@ -277,24 +258,10 @@ fn icmp_echo_both_directions() {
     let mut h = Harness::new();
     let input = icmp_echo(INTERNET, EIP, 8, 0x77, 1, b"ping payload");
     let expected = icmp_echo(INTERNET, PRIVATE, 8, 0x77, 1, b"ping payload");
-    h.case(
-        "echo request in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("echo request in", Direction::Inbound, &input, &expected);
     let input = icmp_echo(PRIVATE, INTERNET, 0, 0x77, 1, b"ping payload");
     let expected = icmp_echo(EIP, INTERNET, 0, 0x77, 1, b"ping payload");
-    h.case(
-        "echo reply out",
-        Direction::Outbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        outbound(ip_len(&input)),
-    );
+    h.translated("echo reply out", Direction::Outbound, &input, &expected);
 }
 
 #[test]
@@ -307,28 +274,14 @@ fn ip_options_are_honoured() {
     input.options = opts.clone();
     let mut expected = udp(INTERNET, 1234, PRIVATE, 5678, b"with options", true);
     expected.options = opts;
-    h.case(
-        "options in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("options in", Direction::Inbound, &input, &expected);
     // A record-route option (type 7) with room for addresses, IHL 8.
     let rr = vec![0x07, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0x00];
     let mut input = tcp(PRIVATE, 22, INTERNET, 60000, 0x10, b"ssh");
     input.options = rr.clone();
     let mut expected = tcp(EIP, 22, INTERNET, 60000, 0x10, b"ssh");
     expected.options = rr;
-    h.case(
-        "options out",
-        Direction::Outbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        outbound(ip_len(&input)),
-    );
+    h.translated("options out", Direction::Outbound, &input, &expected);
 }
 
 #[test]
@@ -340,27 +293,13 @@ fn later_fragments_change_at_the_ip_layer_only() {
     input.frags = 185;
     let mut expected = input.clone();
     expected.dst = PRIVATE;
-    h.case(
-        "fragment in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("fragment in", Direction::Inbound, &input, &expected);
     // The first fragment (MF set, offset 0) does carry the L4 checksum.
     let mut input = udp(INTERNET, 1, EIP, 2, b"first fragment", true);
     input.frags = 0x2000;
     let mut expected = udp(INTERNET, 1, PRIVATE, 2, b"first fragment", true);
     expected.frags = 0x2000;
-    h.case(
-        "first fragment in",
-        Direction::Inbound,
-        &input.frame(),
-        Verdict::Translated,
-        &expected.frame(),
-        inbound(ip_len(&input)),
-    );
+    h.translated("first fragment in", Direction::Inbound, &input, &expected);
 }
 
 #[test]
@@ -411,7 +350,7 @@ fn untranslatable_packets_pass_untouched() {
         ),
     ] {
         let f = p.frame();
-        h.case(name, dir, &f, Verdict::NoMapping, &f, NONE);
+        h.untouched(name, dir, &f, Verdict::NoMapping);
     }
     // ARP request: not IPv4.
     let mut arp = ethernet([0xff; 6], MAC_A, 0x0806);
@@ -420,28 +359,19 @@ fn untranslatable_packets_pass_untouched() {
     arp.extend(INTERNET.octets());
     arp.extend([0; 6]);
     arp.extend(EIP.octets());
-    h.case(
-        "arp",
-        Direction::Inbound,
-        &arp,
-        Verdict::NotIpv4,
-        &arp,
-        NONE,
-    );
+    h.untouched("arp", Direction::Inbound, &arp, Verdict::NotIpv4);
     // IPv6 to anything.
     let mut v6 = ethernet(MAC_B, MAC_A, 0x86dd);
     v6.extend([0x60, 0, 0, 0, 0, 8, 17, 64]);
     v6.extend([0u8; 40]);
-    h.case("ipv6", Direction::Inbound, &v6, Verdict::NotIpv4, &v6, NONE);
+    h.untouched("ipv6", Direction::Inbound, &v6, Verdict::NotIpv4);
     // A packet for the EIP on an interface with no role.
     let f = udp(INTERNET, 1, EIP, 2, b"x", true).frame();
-    h.case(
+    h.untouched(
         "unknown iface",
         Direction::Other,
         &f,
         Verdict::UnknownInterface,
-        &f,
-        NONE,
     );
 }
 
@@ -451,59 +381,24 @@ fn malformed_packets_are_dropped_with_their_reason() {
     let good = udp(INTERNET, 1, EIP, 2, b"0123456789", true).frame();
 
     let cut = &good[..14 + 10];
-    h.case(
-        "header cut",
-        Direction::Inbound,
-        cut,
-        Verdict::Ipv4Truncated,
-        &[],
-        NONE,
-    );
+    h.dropped("header cut", cut, Verdict::Ipv4Truncated);
 
     let mut long = good.clone();
     long[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len past the end
-    h.case(
-        "tot_len too long",
-        Direction::Inbound,
-        &long,
-        Verdict::Ipv4Truncated,
-        &[],
-        NONE,
-    );
+    h.dropped("tot_len too long", &long, Verdict::Ipv4Truncated);
 
     let mut ihl4 = good.clone();
     ihl4[14] = 0x44;
-    h.case(
-        "ihl 4",
-        Direction::Inbound,
-        &ihl4,
-        Verdict::Ipv4BadHeader,
-        &[],
-        NONE,
-    );
+    h.dropped("ihl 4", &ihl4, Verdict::Ipv4BadHeader);
 
     let mut v6hdr = good.clone();
     v6hdr[14] = 0x65;
-    h.case(
-        "version 6 in ipv4",
-        Direction::Inbound,
-        &v6hdr,
-        Verdict::Ipv4BadHeader,
-        &[],
-        NONE,
-    );
+    h.dropped("version 6 in ipv4", &v6hdr, Verdict::Ipv4BadHeader);
 
     let mut short_tot = good.clone();
     short_tot[14] = 0x46;
     short_tot[16..18].copy_from_slice(&22u16.to_be_bytes()); // < 24-byte header
-    h.case(
-        "tot_len < ihl",
-        Direction::Inbound,
-        &short_tot,
-        Verdict::Ipv4BadHeader,
-        &[],
-        NONE,
-    );
+    h.dropped("tot_len < ihl", &short_tot, Verdict::Ipv4BadHeader);
 
     // TCP to the EIP whose datagram ends inside the TCP header (before the
     // checksum): tiny first fragment.
@@ -512,27 +407,18 @@ fn malformed_packets_are_dropped_with_their_reason() {
     tiny.payload.truncate(12);
     tiny.frags = 0x2000;
     assert_eq!(tiny.proto, TCP);
-    h.case(
-        "tiny tcp fragment",
-        Direction::Inbound,
-        &tiny.frame(),
-        Verdict::L4Truncated,
-        &[],
-        NONE,
-    );
+    h.dropped("tiny tcp fragment", &tiny.frame(), Verdict::L4Truncated);
 
     // The same lengths for an address nobody owns still pass as no-mapping:
     // the L4 check is only needed where we would rewrite.
     let mut tiny_other = tiny.clone();
     tiny_other.dst = OTHER;
     let f = tiny_other.frame();
-    h.case(
+    h.untouched(
         "tiny, no mapping",
         Direction::Inbound,
         &f,
         Verdict::NoMapping,
-        &f,
-        NONE,
     );
 }
 
@@ -541,22 +427,18 @@ fn disassociated_eip_passes_untouched() {
     let mut h = Harness::new();
     h.gw.disassociate(EIP).unwrap();
     let f = udp(INTERNET, 1, EIP, 2, b"late", true).frame();
-    h.case(
+    h.untouched(
         "after disassociate in",
         Direction::Inbound,
         &f,
         Verdict::NoMapping,
-        &f,
-        NONE,
     );
     let f = udp(PRIVATE, 2, INTERNET, 1, b"late", true).frame();
-    h.case(
+    h.untouched(
         "after disassociate out",
         Direction::Outbound,
         &f,
         Verdict::NoMapping,
-        &f,
-        NONE,
     );
 }
 

@@ -19,6 +19,18 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
+/// One of the root-only test binaries of the `tests` crate.
+fn root_test(name: &str) -> Command {
+    cargo(&[
+        "test",
+        "--locked",
+        "-p",
+        "integration-tests",
+        "--test",
+        name,
+    ])
+}
+
 pub fn run() -> Result<()> {
     if !is_root() {
         bail!(
@@ -63,25 +75,11 @@ pub fn run() -> Result<()> {
         ),
         (
             "datapath tests (BPF_PROG_TEST_RUN)",
-            vec![cargo(&[
-                "test",
-                "--locked",
-                "-p",
-                "integration-tests",
-                "--test",
-                "datapath",
-            ])],
+            vec![root_test("datapath")],
         ),
         (
             "netns integration tests (real agent, real traffic)",
-            vec![cargo(&[
-                "test",
-                "--locked",
-                "-p",
-                "integration-tests",
-                "--test",
-                "netns",
-            ])],
+            vec![root_test("netns")],
         ),
     ];
     let mut done = Vec::new();
