@@ -35,6 +35,21 @@ pub const fn replace_u32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     !fold(sum)
 }
 
+/// New checksum after one 16-bit word covered by it changed.
+#[inline(always)]
+pub const fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u32 + (!old) as u32 + new as u32)
+}
+
+/// A router's TTL decrement (RFC 1812 §5.3.1): the IPv4 header checksum
+/// after the (TTL, protocol) word goes from `ttl` to `ttl - 1`.
+#[inline(always)]
+pub const fn decrement_ttl(check: u16, ttl: u8, proto: u8) -> u16 {
+    let old = u16::from_be_bytes([ttl, proto]);
+    let new = u16::from_be_bytes([ttl.wrapping_sub(1), proto]);
+    replace_u16(check, old, new)
+}
+
 /// [`replace_u32`] with UDP's rule (RFC 768): a checksum of 0 means "not
 /// computed" and stays 0; a computed 0 is sent as all ones.
 #[inline(always)]
@@ -164,6 +179,24 @@ mod tests {
             udp_replace_u32(0x1234, [10, 0, 0, 1], [203, 0, 113, 9]),
             replace_u32(0x1234, [10, 0, 0, 1], [203, 0, 113, 9])
         );
+    }
+
+    #[test]
+    fn ttl_decrement_matches_recomputation() {
+        let mut seed = 0x1234_5678_9abc_def1;
+        for _ in 0..5_000 {
+            let mut h = HEADER;
+            for b in h.iter_mut().skip(12) {
+                *b = rng(&mut seed) as u8;
+            }
+            h[8] = 2 + (rng(&mut seed) % 254) as u8;
+            h[10] = 0;
+            h[11] = 0;
+            let check = checksum(&h);
+            let (ttl, proto) = (h[8], h[9]);
+            h[8] -= 1;
+            assert_eq!(decrement_ttl(check, ttl, proto), checksum(&h), "ttl {ttl}");
+        }
     }
 
     #[test]

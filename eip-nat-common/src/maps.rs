@@ -3,8 +3,11 @@
 //! Addresses are stored as `[u8; 4]` in network byte order, exactly as they sit
 //! in the IPv4 header, so the datapath never byte-swaps to look one up.
 
-/// `Array<IfaceConfig>` with one entry: which interface is which.
+/// `Array<Config>` with one entry: which interface is which, and options.
 pub const CONFIG: &str = "CONFIG";
+/// `DevMapHash` keyed by ifindex: the interfaces the fast path may redirect
+/// to. An egress missing here falls back to the kernel.
+pub const TX_PORTS: &str = "TX_PORTS";
 /// `HashMap<[u8; 4], NatEntry>`: EIP → private IP (inbound translation).
 pub const EIP_TO_PRIVATE: &str = "EIP_TO_PRIVATE";
 /// `HashMap<[u8; 4], NatEntry>`: private IP → EIP (outbound translation).
@@ -15,8 +18,9 @@ pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
 pub const EIP_COUNTERS: &str = "EIP_COUNTERS";
 
 /// Every map name, for checks that the object and the agent agree.
-pub const ALL_MAPS: [&str; 5] = [
+pub const ALL_MAPS: [&str; 6] = [
     CONFIG,
+    TX_PORTS,
     EIP_TO_PRIVATE,
     PRIVATE_TO_EIP,
     VERDICT_COUNTERS,
@@ -65,15 +69,32 @@ pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32
 /// Number of entries of [`VERDICT_COUNTERS`].
 pub const VERDICT_COUNTERS_LEN: u32 = (Direction::COUNT * crate::Verdict::COUNT) as u32;
 
+/// Maximum entries of [`TX_PORTS`].
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// [`Config::flags`]: after translation, forward with `bpf_fib_lookup` and
+/// `XDP_REDIRECT` instead of handing the packet to the kernel.
+pub const FLAG_FAST_PATH: u32 = 1;
+
 /// The only entry of [`CONFIG`]. An ifindex of 0 means "not configured".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct IfaceConfig {
+pub struct Config {
     pub public_ifindex: u32,
     pub private_ifindex: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Explicit padding, always 0.
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+impl Config {
+    pub const fn fast_path(&self) -> bool {
+        self.flags & FLAG_FAST_PATH != 0
+    }
+}
 
 /// Value of both translation maps: the address on the other side, and the
 /// index of the association's counters in [`EIP_COUNTERS`].
@@ -133,7 +154,7 @@ mod pod {
     // SAFETY: all four are #[repr(C)], made only of integers and byte arrays,
     // and have no padding: sizes are asserted above and bytemuck's Pod
     // derive refuses any type with padding.
-    unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::VerdictCounter {}
     unsafe impl aya::Pod for super::EipCounters {}

@@ -6,6 +6,7 @@
 /// XDP action codes (`enum xdp_action`, include/uapi/linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,10 +29,27 @@ pub enum Verdict {
     /// A translated TCP/UDP first fragment too short to hold the L4 checksum
     /// (RFC 1858 tiny fragment): its checksum could not be kept valid.
     L4Truncated = 7,
+    /// Translated and forwarded by the fast path: FIB lookup, TTL decrement,
+    /// MACs rewritten, `XDP_REDIRECT` to the egress interface.
+    Redirected = 8,
+    /// Fast path fallbacks: translated, then passed to the kernel (TTL and
+    /// MACs untouched) because it must do what XDP cannot.
+    /// The next hop has no resolved neighbour entry: the kernel resolves it.
+    FallbackNoNeighbour = 9,
+    /// Larger than the egress MTU: the kernel fragments it, or sends ICMP
+    /// "fragmentation needed" when DF is set (RFC 1191).
+    FallbackFragNeeded = 10,
+    /// TTL ≤ 1: the kernel sends ICMP "time exceeded" (RFC 1812 §5.3.1).
+    FallbackTtlExceeded = 11,
+    /// No forwarding route (unreachable, blackhole, prohibit, local,
+    /// forwarding disabled): the kernel answers as it would.
+    FallbackNotForwarded = 12,
+    /// The egress interface is not in `TX_PORTS`.
+    FallbackNoTxPort = 13,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 14;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -41,6 +59,12 @@ impl Verdict {
         Self::Ipv4Truncated,
         Self::Ipv4BadHeader,
         Self::L4Truncated,
+        Self::Redirected,
+        Self::FallbackNoNeighbour,
+        Self::FallbackFragNeeded,
+        Self::FallbackTtlExceeded,
+        Self::FallbackNotForwarded,
+        Self::FallbackNoTxPort,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -54,6 +78,12 @@ impl Verdict {
             Self::Ipv4Truncated => "drop_ipv4_truncated",
             Self::Ipv4BadHeader => "drop_ipv4_bad_header",
             Self::L4Truncated => "drop_l4_truncated",
+            Self::Redirected => "translated_redirect",
+            Self::FallbackNoNeighbour => "translated_pass_no_neighbour",
+            Self::FallbackFragNeeded => "translated_pass_frag_needed",
+            Self::FallbackTtlExceeded => "translated_pass_ttl_exceeded",
+            Self::FallbackNotForwarded => "translated_pass_not_forwarded",
+            Self::FallbackNoTxPort => "translated_pass_no_tx_port",
         }
     }
 
@@ -61,9 +91,25 @@ impl Verdict {
     pub const fn action(self) -> u32 {
         if self.is_drop() {
             XDP_DROP
+        } else if matches!(self, Self::Redirected) {
+            XDP_REDIRECT
         } else {
             XDP_PASS
         }
+    }
+
+    /// True when the packet was rewritten (by either path).
+    pub const fn is_translated(self) -> bool {
+        matches!(
+            self,
+            Self::Translated
+                | Self::Redirected
+                | Self::FallbackNoNeighbour
+                | Self::FallbackFragNeeded
+                | Self::FallbackTtlExceeded
+                | Self::FallbackNotForwarded
+                | Self::FallbackNoTxPort
+        )
     }
 
     pub const fn is_drop(self) -> bool {
@@ -92,6 +138,7 @@ mod tests {
         // Pinned codes: changing one breaks dashboards and saved stats.
         assert_eq!(Verdict::Translated as u32, 0);
         assert_eq!(Verdict::L4Truncated as u32, 7);
+        assert_eq!(Verdict::FallbackNoTxPort as u32, 13);
     }
 
     #[test]
@@ -104,6 +151,12 @@ mod tests {
             }
             assert_eq!(a.is_drop(), a.name().starts_with("drop_"), "{a:?}");
             assert_eq!(a.action() == XDP_DROP, a.is_drop());
+            assert_eq!(
+                a.is_translated(),
+                a.name().starts_with("translated"),
+                "{a:?}"
+            );
+            assert_eq!(a.action() == XDP_REDIRECT, a == Verdict::Redirected);
         }
     }
 }

@@ -3,8 +3,10 @@
 #![no_std]
 #![no_main]
 
+mod forward;
 mod maps;
 mod packet;
+mod rig;
 mod stats;
 mod translate;
 
@@ -12,9 +14,9 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn eip_nat(ctx: XdpContext) -> u32 {
-    let direction = maps::direction_of(&ctx);
+    let (direction, fast_path) = maps::direction_of(&ctx);
     // Every path ends here, so every packet is counted exactly once.
-    let verdict = translate::translate(&ctx, direction).unwrap_or_else(|v| v);
+    let verdict = translate::translate(&ctx, direction, fast_path).unwrap_or_else(|v| v);
     stats::record(&ctx, direction, verdict)
 }
 

@@ -2,16 +2,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use eip_nat_common::{
-    maps::{Ipv4Key, DEFAULT_MAX_ASSOCIATIONS, VERDICT_COUNTERS_LEN},
-    Direction, EipCounters, IfaceConfig, NatEntry, VerdictCounter,
+    maps::{Ipv4Key, DEFAULT_MAX_ASSOCIATIONS, MAX_TX_PORTS, VERDICT_COUNTERS_LEN},
+    Config, Direction, EipCounters, NatEntry, VerdictCounter,
 };
 
 #[map(name = "CONFIG")]
-pub static CONFIG: Array<IfaceConfig> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
 // Sizes below are defaults; the agent resizes the association maps at load.
 #[map(name = "EIP_TO_PRIVATE")]
@@ -30,13 +33,18 @@ pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =
 pub static EIP_COUNTERS: PerCpuArray<EipCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
 
-/// The interface's role, from the ifindex the packet arrived on.
+/// The interface's role, from the ifindex the packet arrived on, and
+/// whether the fast path is on.
 #[inline(always)]
-pub fn direction_of(ctx: &XdpContext) -> Direction {
+pub fn direction_of(ctx: &XdpContext) -> (Direction, bool) {
     let ifindex = ctx.ingress_ifindex() as u32;
     match CONFIG.get(0) {
-        Some(c) if ifindex != 0 && ifindex == c.public_ifindex => Direction::Inbound,
-        Some(c) if ifindex != 0 && ifindex == c.private_ifindex => Direction::Outbound,
-        _ => Direction::Other,
+        Some(c) if ifindex != 0 && ifindex == c.public_ifindex => {
+            (Direction::Inbound, c.fast_path())
+        }
+        Some(c) if ifindex != 0 && ifindex == c.private_ifindex => {
+            (Direction::Outbound, c.fast_path())
+        }
+        _ => (Direction::Other, false),
     }
 }

@@ -14,6 +14,7 @@ use eip_nat_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
+    forward,
     maps::{EIP_TO_PRIVATE, PRIVATE_TO_EIP},
     packet::{holds, ptr_at},
     stats,
@@ -22,7 +23,11 @@ use crate::{
 /// `Ok` for the verdicts of a packet that was looked at to the end, `Err` for
 /// an early exit; both are counted the same way.
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, direction: Direction) -> Result<Verdict, Verdict> {
+pub fn translate(
+    ctx: &XdpContext,
+    direction: Direction,
+    fast_path: bool,
+) -> Result<Verdict, Verdict> {
     if direction == Direction::Other {
         return Ok(Verdict::UnknownInterface);
     }
@@ -80,5 +85,9 @@ pub fn translate(ctx: &XdpContext, direction: Direction) -> Result<Verdict, Verd
         *l4 = new.to_be_bytes();
     }
     stats::record_eip(entry.slot, direction, tot_len);
-    Ok(Verdict::Translated)
+    if fast_path {
+        Ok(forward::forward(ctx, ip, tot_len))
+    } else {
+        Ok(Verdict::Translated)
+    }
 }

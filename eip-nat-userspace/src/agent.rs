@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use eip_nat_common::IfaceConfig;
+use eip_nat_common::{maps::FLAG_FAST_PATH, Config};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
     net::{UnixListener, UnixStream},
@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub public_if: String,
     pub private_if: String,
     pub mode: AttachMode,
+    /// Forward translated packets with bpf_fib_lookup + XDP_REDIRECT; when
+    /// off, every translated packet goes to the kernel's stack.
+    pub fast_path: bool,
     pub socket: PathBuf,
     pub load: LoadOptions,
 }
@@ -93,10 +96,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 
     let mut datapath = Datapath::load(cfg.load)?;
-    datapath.set_interfaces(IfaceConfig {
+    datapath.set_config(Config {
         public_ifindex: public,
         private_ifindex: private,
+        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
+        reserved: 0,
     })?;
+    // The fast path forwards between the two interfaces only; anything
+    // routed elsewhere falls back to the kernel.
+    for ifindex in [public, private] {
+        datapath.add_tx_port(ifindex)?;
+    }
     match datapath.logger() {
         Ok(logger) => {
             // SAFETY: the logger owns its ring buffer's fd and keeps it open,
@@ -118,6 +128,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for iface in [&cfg.public_if, &cfg.private_if] {
         let mode = datapath.attach(iface, cfg.mode)?;
         log::info!("attached to {iface} ({} XDP)", mode_name(mode));
+    }
+    if cfg.fast_path {
+        log::info!(
+            "fast path on: translated packets are forwarded with XDP_REDIRECT (a veth peer \
+             needs an XDP program or GRO on to receive them)"
+        );
+    } else {
+        log::info!("fast path off: translated packets are passed to the kernel to route");
     }
 
     let gateway = Arc::new(Mutex::new(Gateway::new(

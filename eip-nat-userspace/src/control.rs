@@ -81,6 +81,15 @@ impl Stats {
             .find(|v| v.direction == direction && v.verdict == verdict)
     }
 
+    /// Packets translated in `direction`, by either path.
+    pub fn translated(&self, direction: &str) -> u64 {
+        self.verdicts
+            .iter()
+            .filter(|v| v.direction == direction && v.verdict.starts_with("translated"))
+            .map(|v| v.packets)
+            .sum()
+    }
+
     pub fn eip(&self, eip: Ipv4Addr) -> Option<&EipStat> {
         self.eips.iter().find(|e| e.eip == eip)
     }

@@ -3,13 +3,13 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
     maps::{self as names, verdict_index, Ipv4Key},
-    Direction, EipCounters, IfaceConfig, NatEntry, Verdict, VerdictCounter,
+    Config, Direction, EipCounters, NatEntry, Verdict, VerdictCounter,
 };
 use thiserror::Error;
 
@@ -20,6 +20,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the XDP program in [`OBJECT`].
 pub const PROGRAM: &str = "eip_nat";
+
+/// A program that only passes; for the receiving side of veth rigs.
+pub const PASS_PROGRAM: &str = "xdp_pass";
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
@@ -42,6 +45,8 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("adding ifindex {0} to the fast path's TX_PORTS")]
+    TxPort(u32, #[source] aya::maps::xdp::XdpMapError),
     #[error("reading the number of possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("interface {0} does not exist")]
@@ -89,7 +94,8 @@ impl Default for LoadOptions {
 
 pub struct Datapath {
     ebpf: Ebpf,
-    config: Array<MapData, IfaceConfig>,
+    config: Array<MapData, Config>,
+    tx_ports: DevMapHash<MapData>,
     eip_to_private: HashMap<MapData, Ipv4Key, NatEntry>,
     private_to_eip: HashMap<MapData, Ipv4Key, NatEntry>,
     verdicts: PerCpuArray<MapData, VerdictCounter>,
@@ -130,6 +136,7 @@ impl Datapath {
             .map_err(|e| DatapathError::Program(PROGRAM, e))?;
         Ok(Self {
             config: take(&mut ebpf, names::CONFIG)?,
+            tx_ports: take(&mut ebpf, names::TX_PORTS)?,
             eip_to_private: take(&mut ebpf, names::EIP_TO_PRIVATE)?,
             private_to_eip: take(&mut ebpf, names::PRIVATE_TO_EIP)?,
             verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
@@ -151,13 +158,24 @@ impl Datapath {
         aya_log::EbpfLogger::init(&mut self.ebpf)
     }
 
-    pub fn set_interfaces(&mut self, cfg: IfaceConfig) -> Result<(), DatapathError> {
+    /// Sets the interfaces' roles and the options.
+    pub fn set_config(&mut self, cfg: Config) -> Result<(), DatapathError> {
         self.config
             .set(0, cfg, 0)
-            .map_err(|source| DatapathError::Map {
-                name: names::CONFIG,
-                source,
-            })
+            .map_err(Self::map_err(names::CONFIG))
+    }
+
+    /// Lets the fast path redirect to `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DatapathError::TxPort(ifindex, e))
+    }
+
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.tx_ports
+            .remove(ifindex)
+            .map_err(Self::map_err(names::TX_PORTS))
     }
 
     /// Attaches to `iface`'s ingress and returns the mode in effect.
@@ -274,5 +292,43 @@ impl Datapath {
         let mut sum = EipCounters::default();
         per_cpu.iter().for_each(|c| sum += *c);
         Ok(sum)
+    }
+}
+
+/// `xdp_pass` attached to an interface, for as long as this value lives.
+///
+/// On a veth rig, frames the fast path redirects into a veth reach its peer
+/// only if the peer runs NAPI, which an XDP program on the peer turns on.
+/// (GRO on the peer would too, but would hand captures coalesced frames.)
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    /// Attaches in native mode to `iface` in the caller's namespace.
+    pub fn attach(iface: &str) -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            // Only the program is used; keep the unused maps small.
+            .map_max_entries(names::EIP_TO_PRIVATE, 1)
+            .map_max_entries(names::PRIVATE_TO_EIP, 1)
+            .map_max_entries(names::EIP_COUNTERS, 1)
+            .load(OBJECT)
+            .map_err(DatapathError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PASS_PROGRAM)
+            .ok_or(DatapathError::Missing(PASS_PROGRAM))?
+            .try_into()
+            .map_err(|e| DatapathError::Program(PASS_PROGRAM, e))?;
+        program
+            .load()
+            .map_err(|e| DatapathError::Program(PASS_PROGRAM, e))?;
+        program
+            .attach(iface, XdpMode::Driver)
+            .map_err(|source| DatapathError::Attach {
+                iface: iface.to_string(),
+                mode: "native",
+                source,
+            })?;
+        Ok(Self { _ebpf: ebpf })
     }
 }

@@ -38,6 +38,10 @@ enum Command {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t)]
         xdp_mode: AttachMode,
+        /// Pass translated packets to the kernel's stack instead of
+        /// forwarding them with XDP_REDIRECT (slower; lets netfilter see them).
+        #[arg(long)]
+        no_fast_path: bool,
         /// Capacity of the association tables.
         #[arg(long, default_value_t = DEFAULT_MAX_ASSOCIATIONS)]
         max_associations: u32,
@@ -131,6 +135,7 @@ fn main() -> Result<ExitCode> {
             public_if,
             private_if,
             xdp_mode,
+            no_fast_path,
             max_associations,
             log_level,
         } => {
@@ -142,6 +147,7 @@ fn main() -> Result<ExitCode> {
                 public_if,
                 private_if,
                 mode: xdp_mode,
+                fast_path: !no_fast_path,
                 socket: cli.socket,
                 load: LoadOptions {
                     max_associations,

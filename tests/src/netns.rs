@@ -1,6 +1,7 @@
 //! Network namespaces joined by veth pairs, created by a guard that deletes
 //! them by name when dropped, on success and on panic alike.
 
+use eip_nat::datapath::PassProgram;
 use std::{
     fs::File,
     net::Ipv4Addr,
@@ -194,6 +195,8 @@ pub struct Topology {
     pub gw_private: End,
     pub instance: End,
     pub eip: Ipv4Addr,
+    /// `xdp_pass` on the internet's and the instance's ends.
+    pub peer_programs: Vec<PassProgram>,
     // Last, so the namespaces go after everything that lives in them.
     pub namespaces: Namespaces,
 }
@@ -218,6 +221,15 @@ impl Topology {
         let instance = end(&inst, "n", 0x04, [10, 200, 0, 10], 24);
         veth(&internet, &gw_public);
         veth(&gw_private, &instance);
+        // The fast path redirects frames into the gateway's veths; a veth
+        // delivers such frames to its peer only when the peer runs NAPI,
+        // which an XDP program on the peer turns on (veth.c, veth_xdp_xmit).
+        let peer_programs = [&internet, &instance]
+            .map(|end| {
+                in_netns(&end.ns, || PassProgram::attach(&end.ifname))
+                    .unwrap_or_else(|e| panic!("xdp_pass on {}: {e:?}", end.ifname))
+            })
+            .into();
         ns_sh(
             &inet,
             &[
@@ -249,6 +261,7 @@ impl Topology {
             gw_private,
             instance,
             eip: Ipv4Addr::new(203, 0, 113, 10),
+            peer_programs,
             namespaces,
         }
     }

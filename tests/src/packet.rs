@@ -86,9 +86,14 @@ impl Ipv4 {
         h
     }
 
-    /// Ethernet II frame carrying the datagram.
+    /// Ethernet II frame carrying the datagram, MAC_A → MAC_B.
     pub fn frame(&self) -> Vec<u8> {
-        let mut f = ethernet(MAC_B, MAC_A, 0x0800);
+        self.frame_with(MAC_B, MAC_A)
+    }
+
+    /// Ethernet II frame with the given destination and source MACs.
+    pub fn frame_with(&self, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+        let mut f = ethernet(dst, src, 0x0800);
         f.extend(self.header());
         f.extend(&self.payload);
         f

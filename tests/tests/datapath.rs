@@ -10,10 +10,12 @@ use eip_nat::{
     gateway::Gateway,
 };
 use eip_nat_common::{
-    verdict::{XDP_DROP, XDP_PASS},
-    Direction, EipCounters, IfaceConfig, Verdict, VerdictCounter,
+    maps::FLAG_FAST_PATH,
+    verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use integration_tests::{
+    netns::{in_netns, ns_sh, Namespaces},
     packet::{ethernet, hex, icmp_echo, tcp, udp, Ipv4, MAC_A, MAC_B, TCP},
     require_root,
 };
@@ -30,10 +32,17 @@ struct Harness {
     /// (net/bpf/test_run.c), so roles are given to that ifindex.
     lo: u32,
     slot: u32,
+    /// Run the program inside this namespace (its routes and neighbours
+    /// are what the fast path's FIB lookup sees), with the fast path on.
+    fast_path_ns: Option<String>,
 }
 
 impl Harness {
     fn new() -> Self {
+        Self::with_fast_path(None)
+    }
+
+    fn with_fast_path(fast_path_ns: Option<String>) -> Self {
         require_root();
         let dp = Datapath::load(LoadOptions {
             max_associations: 64,
@@ -44,22 +53,31 @@ impl Harness {
         let slot = gw.associate(EIP, PRIVATE).expect("associate").slot;
         let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
         assert_ne!(lo, 0);
-        Self { gw, lo, slot }
+        Self {
+            gw,
+            lo,
+            slot,
+            fast_path_ns,
+        }
     }
 
     fn set_role(&mut self, direction: Direction) {
-        let cfg = match direction {
-            Direction::Inbound => IfaceConfig {
-                public_ifindex: self.lo,
-                private_ifindex: 0,
-            },
-            Direction::Outbound => IfaceConfig {
-                public_ifindex: 0,
-                private_ifindex: self.lo,
-            },
-            Direction::Other => IfaceConfig::default(),
+        let (public_ifindex, private_ifindex) = match direction {
+            Direction::Inbound => (self.lo, 0),
+            Direction::Outbound => (0, self.lo),
+            Direction::Other => (0, 0),
         };
-        self.gw.datapath_mut().set_interfaces(cfg).unwrap();
+        let flags = match self.fast_path_ns {
+            Some(_) => FLAG_FAST_PATH,
+            None => 0,
+        };
+        let cfg = Config {
+            public_ifindex,
+            private_ifindex,
+            flags,
+            reserved: 0,
+        };
+        self.gw.datapath_mut().set_config(cfg).unwrap();
     }
 
     fn verdicts(&mut self) -> Vec<(Direction, Verdict, VerdictCounter)> {
@@ -74,16 +92,20 @@ impl Harness {
     fn run(&mut self, direction: Direction, input: &[u8]) -> (u32, Vec<u8>) {
         self.set_role(direction);
         let mut out = vec![0u8; input.len() + 256];
-        let result = self
-            .gw
-            .datapath_mut()
-            .program_mut()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
+        let program = self.gw.datapath_mut().program_mut();
+        let mut test_run = || {
+            program
+                .test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN")
+        };
+        let result = match &self.fast_path_ns {
+            Some(ns) => in_netns(ns, test_run),
+            None => test_run(),
+        };
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
@@ -103,13 +125,13 @@ impl Harness {
         let (action, out) = self.run(direction, input);
         let want_action = if verdict.is_drop() {
             XDP_DROP
+        } else if verdict == Verdict::Redirected {
+            XDP_REDIRECT
         } else {
             XDP_PASS
         };
         assert_eq!(action, want_action, "{name}: action");
-        if verdict != Verdict::Translated {
-            assert_eq!(verdict.action(), action);
-        }
+        assert_eq!(verdict.action(), action, "{name}: the verdict's own action");
         if !verdict.is_drop() {
             assert!(
                 out == expected,
@@ -146,19 +168,31 @@ impl Harness {
     /// A packet that must come out translated as `expected`, counted for the
     /// association in its direction.
     fn translated(&mut self, name: &str, direction: Direction, input: &Ipv4, expected: &Ipv4) {
+        self.translated_as(
+            name,
+            direction,
+            input,
+            Verdict::Translated,
+            &expected.frame(),
+        );
+    }
+
+    /// The same for any translating verdict, with the whole expected frame
+    /// (the fast path rewrites MACs).
+    fn translated_as(
+        &mut self,
+        name: &str,
+        direction: Direction,
+        input: &Ipv4,
+        verdict: Verdict,
+        expected: &[u8],
+    ) {
         let n = ip_len(input);
         let delta = match direction {
             Direction::Inbound => inbound(n),
             _ => outbound(n),
         };
-        self.case(
-            name,
-            direction,
-            &input.frame(),
-            Verdict::Translated,
-            &expected.frame(),
-            delta,
-        );
+        self.case(name, direction, &input.frame(), verdict, expected, delta);
     }
 
     /// A frame that must pass exactly as it came, under `verdict`.
@@ -465,4 +499,224 @@ fn maps_agree_with_the_table() {
         assert_eq!(back.addr, eip.octets());
         assert_eq!(back.slot, inb.slot);
     }
+}
+
+// ---- The fast path: FIB lookup, TTL, MACs, redirect, and each fallback ----
+
+/// The gateway's own interfaces in one namespace, each with a route and a
+/// permanent neighbour, as `bpf_fib_lookup` will see them.
+struct FibRig {
+    ns: String,
+    /// (interface, its MAC, the neighbour's MAC) per side.
+    private: (String, [u8; 6], [u8; 6]),
+    public: (String, [u8; 6], [u8; 6]),
+    _namespaces: Namespaces,
+}
+
+const SMALL_MTU_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
+const NO_TX_PORT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 10);
+const NO_NEIGH_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
+const NO_ROUTE_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 9, 9);
+
+fn fib_rig() -> FibRig {
+    require_root();
+    let mut namespaces = Namespaces::new();
+    let ns = namespaces.add("fib");
+    let p = namespaces.prefix.clone();
+    let mac = |n: u8| [0x02, 0xfa, 0, 0, 0, n];
+    let peer_mac = |n: u8| [0x02, 0xfb, 0, 0, 0, n];
+    let hex_mac = |m: [u8; 6]| integration_tests::netns::mac_str(m);
+    let side = |suffix: &str, n: u8, cidr: &str, neigh: &str, mtu: &str| {
+        let dev = format!("{p}{suffix}");
+        let peer = format!("{p}{suffix}x");
+        ns_sh(
+            &ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                &dev,
+                "address",
+                &hex_mac(mac(n)),
+                "mtu",
+                mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+        );
+        ns_sh(&ns, &["ip", "addr", "add", cidr, "dev", &dev]);
+        ns_sh(&ns, &["ip", "link", "set", &peer, "up"]);
+        ns_sh(&ns, &["ip", "link", "set", &dev, "up"]);
+        if !neigh.is_empty() {
+            ns_sh(
+                &ns,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    neigh,
+                    "lladdr",
+                    &hex_mac(peer_mac(n)),
+                    "dev",
+                    &dev,
+                    "nud",
+                    "permanent",
+                ],
+            );
+        }
+        (dev, mac(n), peer_mac(n))
+    };
+    let private = side("a", 1, "10.200.0.1/24", "10.200.0.10", "1500");
+    let public = side("b", 2, "198.51.100.1/24", "198.51.100.2", "1500");
+    side("c", 3, "10.201.0.1/24", "10.201.0.10", "1280");
+    side("e", 4, "10.202.0.1/24", "10.202.0.10", "1500");
+    ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    FibRig {
+        ns,
+        private,
+        public,
+        _namespaces: namespaces,
+    }
+}
+
+fn fast_harness(rig: &FibRig) -> Harness {
+    let mut h = Harness::with_fast_path(Some(rig.ns.clone()));
+    for dev in [
+        &rig.private.0,
+        &rig.public.0,
+        &format!("{}c", &rig.private.0[..rig.private.0.len() - 1]),
+    ] {
+        let index = integration_tests::netns::ifindex(&rig.ns, dev);
+        // A devmap resolves the ifindex in the caller's namespace.
+        let dp = h.gw.datapath_mut();
+        in_netns(&rig.ns, || dp.add_tx_port(index)).unwrap();
+    }
+    h
+}
+
+#[test]
+fn fast_path_forwards_like_a_router() {
+    let rig = fib_rig();
+    let mut h = fast_harness(&rig);
+    let (_, priv_mac, instance_mac) = rig.private;
+    let (_, pub_mac, internet_mac) = rig.public;
+
+    // Inbound UDP: translated, TTL 64 → 63 (header checksum recomputed in
+    // full by the builder), MACs from the egress and its neighbour.
+    let input = udp(INTERNET, 40000, EIP, 53, b"fast path", true);
+    let mut expected = udp(INTERNET, 40000, PRIVATE, 53, b"fast path", true);
+    expected.ttl = 63;
+    h.translated_as(
+        "udp in",
+        Direction::Inbound,
+        &input,
+        Verdict::Redirected,
+        &expected.frame_with(instance_mac, priv_mac),
+    );
+
+    // Outbound TCP, to the public side.
+    let input = tcp(PRIVATE, 443, INTERNET, 50000, 0x18, b"response");
+    let mut expected = tcp(EIP, 443, INTERNET, 50000, 0x18, b"response");
+    expected.ttl = 63;
+    h.translated_as(
+        "tcp out",
+        Direction::Outbound,
+        &input,
+        Verdict::Redirected,
+        &expected.frame_with(internet_mac, pub_mac),
+    );
+
+    // ICMP echo both ways, TTL 2 → 1 is still forwarded.
+    let mut input = icmp_echo(INTERNET, EIP, 8, 9, 1, b"ping");
+    input.ttl = 2;
+    let mut expected = icmp_echo(INTERNET, PRIVATE, 8, 9, 1, b"ping");
+    expected.ttl = 1;
+    h.translated_as(
+        "echo in, ttl 2",
+        Direction::Inbound,
+        &input,
+        Verdict::Redirected,
+        &expected.frame_with(instance_mac, priv_mac),
+    );
+}
+
+#[test]
+fn fast_path_falls_back_to_the_kernel_translated() {
+    let rig = fib_rig();
+    let mut h = fast_harness(&rig);
+    // Fallbacks leave TTL and MACs for the kernel: the frame is exactly the
+    // slow path's.
+    let mut input = udp(INTERNET, 1, EIP, 2, b"last hop", true);
+    input.ttl = 1;
+    let mut expected = udp(INTERNET, 1, PRIVATE, 2, b"last hop", true);
+    expected.ttl = 1;
+    h.translated_as(
+        "ttl 1",
+        Direction::Inbound,
+        &input,
+        Verdict::FallbackTtlExceeded,
+        &expected.frame(),
+    );
+
+    let fallback =
+        |h: &mut Harness, name: &str, n: u8, private: Ipv4Addr, size: usize, verdict: Verdict| {
+            let eip = Ipv4Addr::new(203, 0, 113, 100 + n);
+            h.gw.associate(eip, private).unwrap();
+            let data = vec![n; size];
+            let input = udp(INTERNET, 1, eip, 2, &data, true);
+            let f = udp(INTERNET, 1, private, 2, &data, true).frame();
+            h.case(name, Direction::Inbound, &input.frame(), verdict, &f, NONE);
+        };
+    fallback(
+        &mut h,
+        "no neighbour",
+        1,
+        NO_NEIGH_IP,
+        10,
+        Verdict::FallbackNoNeighbour,
+    );
+    // 1300 bytes of IPv4 over a 1280-byte MTU; the kernel fragments it or,
+    // with DF (set by the builder), sends ICMP fragmentation needed.
+    fallback(
+        &mut h,
+        "frag needed",
+        2,
+        SMALL_MTU_IP,
+        1272,
+        Verdict::FallbackFragNeeded,
+    );
+    fallback(
+        &mut h,
+        "no route",
+        3,
+        NO_ROUTE_IP,
+        10,
+        Verdict::FallbackNotForwarded,
+    );
+    fallback(
+        &mut h,
+        "egress not in TX_PORTS",
+        4,
+        NO_TX_PORT_IP,
+        10,
+        Verdict::FallbackNoTxPort,
+    );
+    // Exactly the MTU still takes the fast path, out of the small-MTU side.
+    let eip = Ipv4Addr::new(203, 0, 113, 102);
+    let data = vec![7u8; 1280 - 28];
+    let input = udp(INTERNET, 1, eip, 2, &data, true);
+    let mut expected = udp(INTERNET, 1, SMALL_MTU_IP, 2, &data, true);
+    expected.ttl = 63;
+    let (c_mac, c_neigh) = ([0x02, 0xfa, 0, 0, 0, 3], [0x02, 0xfb, 0, 0, 0, 3]);
+    h.case(
+        "at the MTU",
+        Direction::Inbound,
+        &input.frame(),
+        Verdict::Redirected,
+        &expected.frame_with(c_neigh, c_mac),
+        NONE,
+    );
 }

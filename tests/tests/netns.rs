@@ -121,7 +121,12 @@ fn udp_exchange(s: &Setup, n: usize, size: usize) {
     }
 }
 
-fn check_udp_exchange(extra: &[&str]) {
+/// The agent options of the two datapath paths, with the verdict a
+/// translated packet gets on each.
+const FAST: (&[&str], &str) = (&[], "translated_redirect");
+const SLOW: (&[&str], &str) = (&["--no-fast-path"], "translated");
+
+fn check_udp_exchange(extra: &[&str], verdict: &str) {
     let s = setup_with(extra, true);
     let t = &s.t;
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
@@ -158,9 +163,10 @@ fn check_udp_exchange(extra: &[&str]) {
     assert_eq!(e1.out_packets - e0.out_packets, n as u64);
     assert_eq!(e1.out_bytes - e0.out_bytes, ip_bytes);
     for dir in ["inbound", "outbound"] {
-        let v0 = before.verdict(dir, "translated").unwrap();
-        let v1 = after.verdict(dir, "translated").unwrap();
-        assert_eq!(v1.packets - v0.packets, n as u64, "{dir} translated");
+        let v0 = before.verdict(dir, verdict).unwrap();
+        let v1 = after.verdict(dir, verdict).unwrap();
+        assert_eq!(v1.packets - v0.packets, n as u64, "{dir} {verdict}");
+        assert_eq!(after.translated(dir) - before.translated(dir), n as u64);
         // Frames: IPv4 bytes plus a 14-byte Ethernet header each.
         assert_eq!(v1.bytes - v0.bytes, ip_bytes + 14 * n as u64, "{dir} bytes");
     }
@@ -174,18 +180,46 @@ fn check_udp_exchange(extra: &[&str]) {
 }
 
 #[test]
-fn udp_exchange_native_xdp() {
-    check_udp_exchange(&["--xdp-mode", "native"]);
+fn udp_exchange_native_xdp_fast_path() {
+    check_udp_exchange(&["--xdp-mode", "native"], FAST.1);
 }
 
 #[test]
-fn udp_exchange_generic_xdp() {
-    check_udp_exchange(&["--xdp-mode", "generic"]);
+fn udp_exchange_native_xdp_slow_path() {
+    check_udp_exchange(&["--xdp-mode", "native", "--no-fast-path"], SLOW.1);
 }
 
 #[test]
-fn tcp_connection_from_the_internet_reaches_the_instance() {
-    let s = setup();
+fn udp_exchange_generic_xdp_fast_path() {
+    check_udp_exchange(&["--xdp-mode", "generic"], FAST.1);
+}
+
+#[test]
+fn udp_exchange_generic_xdp_slow_path() {
+    check_udp_exchange(&["--xdp-mode", "generic", "--no-fast-path"], SLOW.1);
+}
+
+/// Runs a traffic check once per datapath path.
+macro_rules! both_paths {
+    ($check:ident: $fast:ident, $slow:ident) => {
+        #[test]
+        fn $fast() {
+            $check(FAST.0);
+        }
+        #[test]
+        fn $slow() {
+            $check(SLOW.0);
+        }
+    };
+}
+
+both_paths!(tcp_from_the_internet: tcp_from_the_internet_fast_path, tcp_from_the_internet_slow_path);
+both_paths!(connections_started_by_the_instance: instance_connects_out_fast_path, instance_connects_out_slow_path);
+both_paths!(icmp_echo_both_ways: icmp_echo_fast_path, icmp_echo_slow_path);
+
+/// A TCP connection from the internet to the EIP reaches the instance.
+fn tcp_from_the_internet(extra: &[&str]) {
+    let s = setup_with(extra, true);
     let t = &s.t;
     let listener = in_netns(&t.instance.ns, || {
         TcpListener::bind("0.0.0.0:8080").unwrap()
@@ -239,9 +273,9 @@ fn tcp_connection_from_the_internet_reaches_the_instance() {
     );
 }
 
-#[test]
-fn connections_started_by_the_instance_leave_with_the_eip() {
-    let s = setup();
+/// Connections started by the instance leave with the EIP.
+fn connections_started_by_the_instance(extra: &[&str]) {
+    let s = setup_with(extra, true);
     let t = &s.t;
     // TCP.
     let listener = in_netns(&t.internet.ns, || {
@@ -294,9 +328,8 @@ fn ping(ns: &str, to: Ipv4Addr) -> bool {
         .success()
 }
 
-#[test]
-fn icmp_echo_passes_both_ways() {
-    let s = setup();
+fn icmp_echo_both_ways(extra: &[&str]) {
+    let s = setup_with(extra, true);
     let t = &s.t;
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);
     let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
@@ -359,10 +392,7 @@ fn disassociate_stops_translation_at_once() {
         let d = after.verdict(dir, "pass_no_mapping").unwrap().packets
             - before.verdict(dir, "pass_no_mapping").unwrap().packets;
         assert_eq!(d, 1, "{dir}: the packet passed untranslated");
-        assert_eq!(
-            after.verdict(dir, "translated").unwrap().packets,
-            before.verdict(dir, "translated").unwrap().packets
-        );
+        assert_eq!(after.translated(dir), before.translated(dir));
     }
     // Disassociating again is refused, and says why.
     let again = s.agent.cli(&["disassociate", "--eip", &t.eip.to_string()]);

@@ -1,0 +1,76 @@
+//! The fast path: forward a translated packet ourselves, as the kernel's
+//! router would, and hand it to the kernel only for what XDP cannot do.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use eip_nat_common::{csum, Verdict};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{maps::TX_PORTS, packet::ptr_at};
+
+const AF_INET: u8 = 2;
+
+/// Looks the (already translated) destination up in the gateway's routing
+/// table and neighbour cache (`bpf_fib_lookup`, which also checks the egress
+/// MTU against `tot_len`), then does a router's work: TTL − 1 with the
+/// header checksum patched, new MACs, and `XDP_REDIRECT` through `TX_PORTS`.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
+    // RFC 1812 §5.3.1: a packet whose TTL would reach 0 is not forwarded;
+    // the kernel sends the ICMP time exceeded.
+    if ip.ttl <= 1 {
+        return Verdict::FallbackTtlExceeded;
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.proto;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the helper reads and writes `fib`, whose size we pass.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Verdict::FallbackNoNeighbour,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::FallbackFragNeeded,
+        _ => return Verdict::FallbackNotForwarded,
+    }
+    // Checked before anything changes: a packet we cannot redirect goes to
+    // the kernel exactly as a fallback, TTL and MACs untouched.
+    if TX_PORTS.get(fib.ifindex).is_none() {
+        return Verdict::FallbackNoTxPort;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::EthernetTruncated;
+    };
+    let check = u16::from_be_bytes(ip.check);
+    ip.check = csum::decrement_ttl(check, ip.ttl, ip.proto).to_be_bytes();
+    ip.ttl -= 1;
+    // SAFETY: ptr_at checked the Ethernet header is inside the packet.
+    unsafe {
+        (*eth).dst_addr = fib.dmac;
+        (*eth).src_addr = fib.smac;
+    }
+    match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(_) => Verdict::Redirected,
+        // Unreachable after the lookup above, unless the agent removed the
+        // port in between; the packet then goes up already forwarded.
+        Err(_) => Verdict::FallbackNoTxPort,
+    }
+}
