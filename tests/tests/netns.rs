@@ -560,3 +560,187 @@ fn partial_checksums_from_offloading_senders_are_caught() {
     let err = parse_and_verify(udp[0]).expect_err("a partial checksum, rewritten, is wrong");
     assert!(err.contains("bad L4 checksum"), "{err}");
 }
+
+// ---- The fast path's traps and fallbacks, with real traffic ----
+
+fn verdict_delta(
+    before: &eip_nat::control::Stats,
+    after: &eip_nat::control::Stats,
+    dir: &str,
+    verdict: &str,
+) -> u64 {
+    after.verdict(dir, verdict).unwrap().packets - before.verdict(dir, verdict).unwrap().packets
+}
+
+/// The veth trap: frames redirected into a veth whose peer runs no XDP
+/// program (so no NAPI) are dropped by the veth, after the datapath counted
+/// them as redirected. With `xdp_pass` back on the peer they arrive.
+#[test]
+fn redirect_into_a_veth_needs_an_xdp_program_on_the_peer() {
+    let mut s = setup();
+    let instance_program = s.t.peer_programs.remove(1);
+    drop(instance_program);
+    let t = &s.t;
+    let server = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 7000));
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    let before = s.agent.stats();
+    client.send_to(b"into the void", sa(t.eip, 7000)).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "arrived without NAPI on the peer?"
+    );
+    let after = s.agent.stats();
+    assert_eq!(
+        verdict_delta(&before, &after, "inbound", "translated_redirect"),
+        1
+    );
+
+    let _back = in_netns(&t.instance.ns, || {
+        eip_nat::datapath::PassProgram::attach(&t.instance.ifname)
+    })
+    .unwrap();
+    client.send_to(b"delivered", sa(t.eip, 7000)).unwrap();
+    let (n, _) = server
+        .recv_from(&mut buf)
+        .expect("arrives once the peer runs XDP");
+    assert_eq!(&buf[..n], b"delivered");
+}
+
+#[test]
+fn missing_neighbour_falls_back_then_takes_the_fast_path() {
+    let s = setup();
+    let t = &s.t;
+    ns_sh(
+        &t.gw_private.ns,
+        &[
+            "ip",
+            "neigh",
+            "del",
+            &t.instance.addr.to_string(),
+            "dev",
+            &t.gw_private.ifname,
+        ],
+    );
+    let before = s.agent.stats();
+    udp_exchange(&s, 5, 64);
+    let after = s.agent.stats();
+    let fallback = verdict_delta(&before, &after, "inbound", "translated_pass_no_neighbour");
+    let fast = verdict_delta(&before, &after, "inbound", "translated_redirect");
+    assert!(
+        fallback >= 1,
+        "the first packet waits for ARP in the kernel"
+    );
+    assert!(fast >= 1, "once resolved, the fast path takes over");
+    assert_eq!(fallback + fast, 5);
+}
+
+fn set_df(sock: &UdpSocket, df: bool) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = if df {
+        libc::IP_PMTUDISC_DO
+    } else {
+        libc::IP_PMTUDISC_DONT
+    };
+    // SAFETY: valid socket fd and option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// ICMP errors captured on `c`: (type, code, the 4 bytes after the checksum).
+fn icmp_errors(c: &Capture) -> Vec<(u8, u8, [u8; 4])> {
+    collect(c)
+        .into_iter()
+        .filter(|p| p.proto == ICMP && p.l4.len() >= 8 && p.l4[0] != 0 && p.l4[0] != 8)
+        .map(|p| (p.l4[0], p.l4[1], [p.l4[4], p.l4[5], p.l4[6], p.l4[7]]))
+        .collect()
+}
+
+/// Larger than the egress MTU: with DF the kernel answers "fragmentation
+/// needed" with the MTU (RFC 1191); without DF it fragments and the instance
+/// reassembles the whole datagram.
+#[test]
+fn oversized_packets_get_what_the_kernel_would_do() {
+    let s = setup();
+    let t = &s.t;
+    ns_sh(
+        &t.gw_private.ns,
+        &["ip", "link", "set", &t.gw_private.ifname, "mtu", "1280"],
+    );
+    ns_sh(
+        &t.instance.ns,
+        &["ip", "link", "set", &t.instance.ifname, "mtu", "1280"],
+    );
+    let server = udp_socket(&t.instance.ns, sa(Ipv4Addr::UNSPECIFIED, 7000));
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    let big = vec![0x5a; 1400];
+    let mut buf = vec![0u8; 2000];
+
+    set_df(&client, true);
+    let before = s.agent.stats();
+    client.send_to(&big, sa(t.eip, 7000)).unwrap();
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "a DF datagram over the MTU must not arrive"
+    );
+    let errors = icmp_errors(&at_internet);
+    assert_eq!(
+        errors,
+        vec![(3, 4, [0, 0, 0x05, 0x00])],
+        "fragmentation needed, next-hop MTU 1280"
+    );
+    let after = s.agent.stats();
+    assert_eq!(
+        verdict_delta(&before, &after, "inbound", "translated_pass_frag_needed"),
+        1
+    );
+
+    set_df(&client, false);
+    client.send_to(&big, sa(t.eip, 7000)).unwrap();
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("fragmented by the gateway, reassembled");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&big[..], std::net::IpAddr::V4(t.internet.addr))
+    );
+}
+
+/// TTL 1 cannot be forwarded: the kernel sends ICMP time exceeded.
+#[test]
+fn expiring_ttl_gets_time_exceeded() {
+    let s = setup();
+    let t = &s.t;
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    client.set_ttl(1).unwrap();
+    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    let before = s.agent.stats();
+    client.send_to(b"short-lived", sa(t.eip, 7000)).unwrap();
+    let errors = icmp_errors(&at_internet);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].0, errors[0].1),
+        (11, 0),
+        "time exceeded in transit"
+    );
+    let after = s.agent.stats();
+    assert_eq!(
+        verdict_delta(&before, &after, "inbound", "translated_pass_ttl_exceeded"),
+        1
+    );
+}
