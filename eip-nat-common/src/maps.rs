@@ -159,3 +159,67 @@ mod pod {
     unsafe impl aya::Pod for super::VerdictCounter {}
     unsafe impl aya::Pod for super::EipCounters {}
 }
+
+// ---- Rig programs (tests, demo, benchmark); the agent never loads them ----
+
+/// `Array<GenConfig>`, one entry: what `xdp_gen` sends.
+pub const GEN_CONFIG: &str = "GEN_CONFIG";
+/// `PerCpuArray<u64>`, one entry: frames generated on this CPU.
+pub const GEN_SEQ: &str = "GEN_SEQ";
+/// `Array<SinkConfig>`, one entry: what `xdp_sink` accepts.
+pub const SINK_CONFIG: &str = "SINK_CONFIG";
+/// `PerCpuArray<SinkCounters>`, one entry.
+pub const SINK_COUNTERS: &str = "SINK_COUNTERS";
+/// `DevMap`, one entry: where `xdp_redirect_noop` sends everything.
+pub const NOOP_PORT: &str = "NOOP_PORT";
+
+/// Length of the Ethernet + IPv4 + UDP headers `xdp_gen` writes.
+pub const GEN_HEADER_LEN: usize = 42;
+
+/// A UDP flow generator: each frame gets the template headers, then a
+/// destination and source port picked by a per-CPU sequence number:
+/// flow = seq & flows_mask, destination = dst_base + (flow >> 8),
+/// source port = sport_base + (flow & 0xff).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GenConfig {
+    /// Ethernet, IPv4 (checksum 0) and UDP (checksum 0) headers, with the
+    /// destination address and source port 0.
+    pub header: [u8; GEN_HEADER_LEN],
+    pub sport_base: u16,
+    pub dst_base: [u8; 4],
+    pub flows_mask: u32,
+    /// One's-complement sums of the template's IPv4 header and of the UDP
+    /// pseudo-header + header + payload, with destination and source port 0.
+    pub ip_sum: u32,
+    pub udp_sum: u32,
+}
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 60);
+
+/// `xdp_sink` counts a frame as good when (destination & mask) == prefix
+/// and its IPv4 header checksum is valid; anything else is bad.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SinkConfig {
+    pub prefix: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SinkCounters {
+    pub good: u64,
+    pub bad: u64,
+}
+
+#[cfg(feature = "user")]
+mod rig_pod {
+    // SAFETY: #[repr(C)], integers and byte arrays only, no padding (the
+    // bytemuck derives check it).
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::SinkConfig {}
+    unsafe impl aya::Pod for super::SinkCounters {}
+}

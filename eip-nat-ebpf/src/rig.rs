@@ -1,7 +1,20 @@
-//! Programs for veth rigs (tests, demo, benchmarks); the agent never loads
-//! them.
+//! Programs for veth rigs (tests, demo, benchmark); the agent never loads
+//! them. They share the object so the agent binary carries everything a
+//! rig needs.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::XdpContext,
+};
+use eip_nat_common::{
+    csum,
+    ipv4::{ETH_HLEN, ETH_P_IP_BYTES},
+    maps::{GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
+};
+
+use crate::packet::ptr_at;
 
 /// Does nothing but exist. A veth hands frames that another interface
 /// redirected into it (`ndo_xdp_xmit`) to its peer only when the peer runs
@@ -10,4 +23,106 @@ use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+#[map(name = "NOOP_PORT")]
+static NOOP_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// The benchmark's ceiling: forward every frame, untouched, to one port.
+#[xdp]
+pub fn xdp_redirect_noop(_ctx: XdpContext) -> u32 {
+    NOOP_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
+}
+
+#[map(name = "GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "GEN_SEQ")]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn sum_words(b: [u8; 4]) -> u32 {
+    u16::from_be_bytes([b[0], b[1]]) as u32 + u16::from_be_bytes([b[2], b[3]]) as u32
+}
+
+/// Traffic generator for `BPF_F_TEST_XDP_LIVE_FRAMES`: writes a whole
+/// Ethernet/IPv4/UDP header into every frame (live frames are recycled
+/// after the gateway and sink rewrote them), varies destination and source
+/// port per flow, and transmits it out of the generator's interface.
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    let (Some(cfg), Some(seq)) = (GEN_CONFIG.get(0), GEN_SEQ.get_ptr_mut(0)) else {
+        return XDP_ABORTED;
+    };
+    let Some(hdr) = ptr_at::<[u8; GEN_HEADER_LEN]>(&ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot; ptr_at checked the header bytes are in the frame.
+    let flow = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        *hdr = cfg.header;
+        n as u32 & cfg.flows_mask
+    };
+    let dst = (u32::from_be_bytes(cfg.dst_base) + (flow >> 8)).to_be_bytes();
+    let sport = cfg.sport_base + (flow & 0xff) as u16;
+    let ip_check = !csum::fold(cfg.ip_sum + sum_words(dst));
+    let udp_check = match !csum::fold(cfg.udp_sum + sum_words(dst) + sport as u32) {
+        0 => 0xffff,
+        c => c,
+    };
+    // SAFETY: within the header checked above.
+    unsafe {
+        let h = &mut *hdr;
+        h[24..26].copy_from_slice(&ip_check.to_be_bytes());
+        h[30..34].copy_from_slice(&dst);
+        h[34..36].copy_from_slice(&sport.to_be_bytes());
+        h[40..42].copy_from_slice(&udp_check.to_be_bytes());
+    }
+    XDP_TX
+}
+
+#[map(name = "SINK_CONFIG")]
+static SINK_CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "SINK_COUNTERS")]
+static SINK_COUNTERS: PerCpuArray<SinkCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// The benchmark's receiver: counts IPv4 frames whose destination is in the
+/// expected prefix and whose header checksum holds as good, anything else
+/// as bad, and drops them all.
+#[xdp]
+pub fn xdp_sink(ctx: XdpContext) -> u32 {
+    let (Some(cfg), Some(c)) = (SINK_CONFIG.get(0), SINK_COUNTERS.get_ptr_mut(0)) else {
+        return XDP_ABORTED;
+    };
+    let good = match ptr_at::<[u8; ETH_HLEN + 20]>(&ctx, 0) {
+        // SAFETY: ptr_at checked the bytes are in the frame.
+        Some(h) => unsafe {
+            let h = &*h;
+            let mut sum = 0u32;
+            let mut i = ETH_HLEN;
+            while i < ETH_HLEN + 20 {
+                sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+                i += 2;
+            }
+            let mut ok = h[12..14] == ETH_P_IP_BYTES && h[14] == 0x45 && csum::fold(sum) == 0xffff;
+            let mut k = 0;
+            while k < 4 {
+                ok &= h[30 + k] & cfg.mask[k] == cfg.prefix[k];
+                k += 1;
+            }
+            ok
+        },
+        None => false,
+    };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        if good {
+            (*c).good += 1;
+        } else {
+            (*c).bad += 1;
+        }
+    }
+    XDP_DROP
 }

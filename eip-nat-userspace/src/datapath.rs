@@ -21,9 +21,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Name of the XDP program in [`OBJECT`].
 pub const PROGRAM: &str = "eip_nat";
 
-/// A program that only passes; for the receiving side of veth rigs.
-pub const PASS_PROGRAM: &str = "xdp_pass";
-
 #[derive(Debug, Error)]
 pub enum DatapathError {
     #[error("loading the BPF object failed (are you root, with bpffs and BTF available?)")]
@@ -292,43 +289,5 @@ impl Datapath {
         let mut sum = EipCounters::default();
         per_cpu.iter().for_each(|c| sum += *c);
         Ok(sum)
-    }
-}
-
-/// `xdp_pass` attached to an interface, for as long as this value lives.
-///
-/// On a veth rig, frames the fast path redirects into a veth reach its peer
-/// only if the peer runs NAPI, which an XDP program on the peer turns on.
-/// (GRO on the peer would too, but would hand captures coalesced frames.)
-pub struct PassProgram {
-    _ebpf: Ebpf,
-}
-
-impl PassProgram {
-    /// Attaches in native mode to `iface` in the caller's namespace.
-    pub fn attach(iface: &str) -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
-            // Only the program is used; keep the unused maps small.
-            .map_max_entries(names::EIP_TO_PRIVATE, 1)
-            .map_max_entries(names::PRIVATE_TO_EIP, 1)
-            .map_max_entries(names::EIP_COUNTERS, 1)
-            .load(OBJECT)
-            .map_err(DatapathError::Load)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PASS_PROGRAM)
-            .ok_or(DatapathError::Missing(PASS_PROGRAM))?
-            .try_into()
-            .map_err(|e| DatapathError::Program(PASS_PROGRAM, e))?;
-        program
-            .load()
-            .map_err(|e| DatapathError::Program(PASS_PROGRAM, e))?;
-        program
-            .attach(iface, XdpMode::Driver)
-            .map_err(|source| DatapathError::Attach {
-                iface: iface.to_string(),
-                mode: "native",
-                source,
-            })?;
-        Ok(Self { _ebpf: ebpf })
     }
 }

@@ -7,4 +7,5 @@ pub mod associations;
 pub mod control;
 pub mod datapath;
 pub mod gateway;
+pub mod rig;
 pub mod sysctl;

@@ -1,7 +1,7 @@
 //! Network namespaces joined by veth pairs, created by a guard that deletes
 //! them by name when dropped, on success and on panic alike.
 
-use eip_nat::datapath::PassProgram;
+use eip_nat::rig::PassProgram;
 use std::{
     fs::File,
     net::Ipv4Addr,

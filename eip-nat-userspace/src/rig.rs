@@ -1,0 +1,256 @@
+//! Handles on the object's rig programs, for veth test rigs, the demo and
+//! the benchmark: a pass-through receiver, a no-op redirector, a live-frame
+//! traffic generator and a counting sink. The agent never loads them.
+
+use std::time::Duration;
+
+use aya::{
+    maps::{Array, DevMap, MapData, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use eip_nat_common::maps::{self as names, GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN};
+
+use crate::datapath::{DatapathError, OBJECT};
+
+/// Loads the object for one rig program (the datapath's maps kept tiny)
+/// and returns it with the program loaded.
+fn load(program: &'static str) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::EIP_TO_PRIVATE, 1)
+        .map_max_entries(names::PRIVATE_TO_EIP, 1)
+        .map_max_entries(names::EIP_COUNTERS, 1)
+        .load(OBJECT)
+        .map_err(DatapathError::Load)?;
+    xdp(&mut ebpf, program)?
+        .load()
+        .map_err(|e| DatapathError::Program(program, e))?;
+    Ok(ebpf)
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(program)
+        .ok_or(DatapathError::Missing(program))?
+        .try_into()
+        .map_err(|e| DatapathError::Program(program, e))
+}
+
+/// Loads `program` and attaches it, native, to `iface` in the caller's
+/// namespace. Detached when the returned object is dropped.
+fn attached(program: &'static str, iface: &str) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = load(program)?;
+    xdp(&mut ebpf, program)?
+        .attach(iface, XdpMode::Driver)
+        .map_err(|source| DatapathError::Attach {
+            iface: iface.to_string(),
+            mode: "native",
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// `xdp_pass` on an interface, for as long as this value lives.
+///
+/// On a veth rig, frames redirected into a veth reach its peer only if the
+/// peer runs NAPI, which an XDP program on the peer turns on. (GRO on the
+/// peer would too, but would hand captures coalesced frames.)
+pub struct PassProgram {
+    ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ebpf: attached("xdp_pass", iface)?,
+        })
+    }
+
+    /// Loaded but not attached: the no-op baseline of the microbenchmark.
+    pub fn load_only() -> Result<Self, DatapathError> {
+        Ok(Self {
+            ebpf: load("xdp_pass")?,
+        })
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        xdp(&mut self.ebpf, "xdp_pass").expect("loaded")
+    }
+}
+
+/// `xdp_redirect_noop` on `iface`, sending every frame to `egress_ifindex`
+/// untouched: the ceiling any XDP forwarder on the rig can reach.
+pub struct NoopRedirect {
+    _ebpf: Ebpf,
+}
+
+impl NoopRedirect {
+    pub fn attach(iface: &str, egress_ifindex: u32) -> Result<Self, DatapathError> {
+        let mut ebpf = attached("xdp_redirect_noop", iface)?;
+        let mut port: DevMap<MapData> = take(&mut ebpf, names::NOOP_PORT)?;
+        port.set(0, egress_ifindex, None, 0)
+            .map_err(|e| DatapathError::TxPort(egress_ifindex, e))?;
+        // The map stays referenced by the loaded program.
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
+/// `xdp_sink` on an interface: counts and drops.
+pub struct Sink {
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, SinkCounters>,
+}
+
+impl Sink {
+    /// Frames count as good when their destination is in `prefix/len`.
+    pub fn attach(iface: &str, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
+        let mut ebpf = attached("xdp_sink", iface)?;
+        let mask = (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)).to_be_bytes();
+        let mut cfg: Array<MapData, SinkConfig> = take(&mut ebpf, names::SINK_CONFIG)?;
+        cfg.set(0, SinkConfig { prefix, mask }, 0)
+            .map_err(map_err(names::SINK_CONFIG))?;
+        let counters = take(&mut ebpf, names::SINK_COUNTERS)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            counters,
+        })
+    }
+
+    pub fn counters(&self) -> Result<SinkCounters, DatapathError> {
+        let per_cpu = self
+            .counters
+            .get(&0, 0)
+            .map_err(map_err(names::SINK_COUNTERS))?;
+        Ok(per_cpu
+            .iter()
+            .fold(SinkCounters::default(), |a, c| SinkCounters {
+                good: a.good + c.good,
+                bad: a.bad + c.bad,
+            }))
+    }
+}
+
+/// What the generator sends: 64-byte (60 without FCS) UDP frames.
+#[derive(Clone, Copy, Debug)]
+pub struct Traffic {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: [u8; 4],
+    /// First destination; flow f goes to dst_base + f / 256.
+    pub dst_base: [u8; 4],
+    pub sport_base: u16,
+    pub dport: u16,
+    /// A power of two.
+    pub flows: u32,
+    pub frame_len: usize,
+}
+
+fn words(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum()
+}
+
+impl Traffic {
+    /// The template frame and the generator's configuration.
+    pub fn build(&self) -> (Vec<u8>, GenConfig) {
+        assert!(self.flows.is_power_of_two() && self.flows <= 65_536);
+        assert!(self.frame_len >= GEN_HEADER_LEN && self.frame_len <= 1514);
+        let ip_len = (self.frame_len - 14) as u16;
+        let udp_len = ip_len - 20;
+        let mut f = Vec::with_capacity(self.frame_len);
+        f.extend(self.dst_mac);
+        f.extend(self.src_mac);
+        f.extend([0x08, 0x00]);
+        f.extend([0x45, 0]);
+        f.extend(ip_len.to_be_bytes());
+        f.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend(self.src);
+        f.extend([0, 0, 0, 0]); // destination: per flow
+        f.extend([0, 0]); // source port: per flow
+        f.extend(self.dport.to_be_bytes());
+        f.extend(udp_len.to_be_bytes());
+        f.extend([0, 0]);
+        f.extend((0..self.frame_len - GEN_HEADER_LEN).map(|i| i as u8));
+        let ip_sum = words(&f[14..34]);
+        let udp_sum = words(&self.src) + 17 + udp_len as u32 + words(&f[34..]);
+        let cfg = GenConfig {
+            header: f[..GEN_HEADER_LEN].try_into().unwrap(),
+            sport_base: self.sport_base,
+            dst_base: self.dst_base,
+            flows_mask: self.flows - 1,
+            ip_sum,
+            udp_sum,
+        };
+        (f, cfg)
+    }
+}
+
+/// `xdp_gen` run with `BPF_F_TEST_XDP_LIVE_FRAMES`: the kernel builds
+/// frames from a template, runs the program on each, and transmits what it
+/// returns XDP_TX for out of `ifindex` (net/bpf/test_run.c).
+pub struct Generator {
+    ebpf: Ebpf,
+    template: Vec<u8>,
+    ifindex: u32,
+}
+
+impl Generator {
+    pub fn new(ifindex: u32, traffic: &Traffic) -> Result<Self, DatapathError> {
+        let mut ebpf = load("xdp_gen")?;
+        let (template, cfg) = traffic.build();
+        let mut config: Array<MapData, GenConfig> = take(&mut ebpf, names::GEN_CONFIG)?;
+        config.set(0, cfg, 0).map_err(map_err(names::GEN_CONFIG))?;
+        Ok(Self {
+            ebpf,
+            template,
+            ifindex,
+        })
+    }
+
+    /// Runs the program once on the template, without transmitting, and
+    /// returns the frame it produced: what every live frame looks like.
+    pub fn sample(&mut self) -> Result<Vec<u8>, DatapathError> {
+        let mut out = vec![0u8; self.template.len() + 64];
+        let r = xdp(&mut self.ebpf, "xdp_gen")?
+            .test_run(TestRunOptions {
+                data_in: Some(&self.template),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|e| DatapathError::Program("xdp_gen", e))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(out)
+    }
+
+    /// Sends `frames` frames, in batches of 64; returns how long it took.
+    /// Call from a thread inside the generator's namespace.
+    pub fn send(&mut self, frames: u32) -> Result<Duration, DatapathError> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, self.template.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let start = std::time::Instant::now();
+        xdp(&mut self.ebpf, "xdp_gen")?
+            .test_run(TestRunOptions {
+                data_in: Some(&self.template),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .map_err(|e| DatapathError::Program("xdp_gen", e))?;
+        Ok(start.elapsed())
+    }
+}

@@ -1,0 +1,295 @@
+//! Per-packet cost through BPF_PROG_TEST_RUN, and the control plane.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use eip_nat::{
+    associations::Association,
+    control::{self, Request, Response},
+    datapath::{Datapath, LoadOptions},
+};
+use eip_nat_common::Config;
+use integration_tests::{
+    agent::Agent,
+    netns::{in_netns, Topology},
+    packet::udp,
+};
+use serde::Serialize;
+
+const REPEAT: u32 = 1_000_000;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub case: &'static str,
+    pub mappings: u32,
+    pub ns_per_packet: f64,
+    pub ratio_to_noop: f64,
+}
+
+fn addr(base: [u8; 4], k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be_bytes(base) + k)
+}
+
+fn ns_per_packet(program: &mut Xdp, frame: &[u8]) -> f64 {
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let r = program
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat: REPEAT,
+                    ..Default::default()
+                })
+                .expect("test run");
+            r.duration.as_nanos() as f64
+        })
+        .collect();
+    runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    runs[1]
+}
+
+/// Loads the datapath with `n` associations; the measured one, E0 ↔ P0, is
+/// also installed backwards (P0 ↔ E0, written straight to the maps, which
+/// the agent's rules would refuse) because test-run feeds the program its
+/// own output on every repetition: the packet then flips E0 → P0 → E0 and
+/// every repetition is a full translation.
+fn loaded(n: u32) -> Datapath {
+    let mut dp = Datapath::load(LoadOptions {
+        max_associations: n + 1,
+        ..Default::default()
+    })
+    .expect("load");
+    for k in 0..n {
+        let a = Association {
+            eip: addr([11, 0, 0, 0], k),
+            private_ip: addr([10, 1, 0, 0], k),
+            slot: k,
+        };
+        dp.insert(&a).expect("insert");
+    }
+    let back = Association {
+        eip: addr([10, 1, 0, 0], 0),
+        private_ip: addr([11, 0, 0, 0], 0),
+        slot: n,
+    };
+    dp.insert(&back).expect("insert reverse");
+    dp
+}
+
+pub fn per_packet() -> Vec<Row> {
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let inet = Ipv4Addr::new(198, 51, 100, 2);
+    let (e0, p0) = (addr([11, 0, 0, 0], 0), addr([10, 1, 0, 0], 0));
+    let inbound = udp(inet, 40000, e0, 53, &[0u8; 18], true).frame();
+    let outbound = udp(p0, 53, inet, 40000, &[0u8; 18], true).frame();
+    let unmapped = udp(
+        inet,
+        40000,
+        Ipv4Addr::new(203, 0, 113, 250),
+        53,
+        &[0u8; 18],
+        true,
+    )
+    .frame();
+    let mut rows = Vec::new();
+    for n in [1u32, 1_000, 1_000_000] {
+        eprintln!("micro: {n} mappings…");
+        let t = Instant::now();
+        let mut dp = loaded(n);
+        eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
+        let mut pass = eip_nat::rig::PassProgram::load_only().expect("xdp_pass");
+        let noop = ns_per_packet(pass.program(), &inbound);
+        let mut case =
+            |dp: &mut Datapath, name: &'static str, public: u32, private: u32, frame: &[u8]| {
+                dp.set_config(Config {
+                    public_ifindex: public,
+                    private_ifindex: private,
+                    flags: 0,
+                    reserved: 0,
+                })
+                .unwrap();
+                let ns = ns_per_packet(dp.program_mut(), frame);
+                rows.push(Row {
+                    case: name,
+                    mappings: n,
+                    ns_per_packet: ns,
+                    ratio_to_noop: ns / noop,
+                });
+            };
+        case(
+            &mut dp,
+            "translate inbound (EIP → private)",
+            lo,
+            0,
+            &inbound,
+        );
+        case(
+            &mut dp,
+            "translate outbound (private → EIP)",
+            0,
+            lo,
+            &outbound,
+        );
+        case(&mut dp, "pass (no mapping)", lo, 0, &unmapped);
+        rows.push(Row {
+            case: "no-op XDP program",
+            mappings: n,
+            ns_per_packet: noop,
+            ratio_to_noop: 1.0,
+        });
+    }
+    rows
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut md = String::new();
+    writeln!(md, "Per-packet cost, BPF_PROG_TEST_RUN, repeat {REPEAT}, median of 3, slow-path configuration (translation without the FIB lookup):\n").unwrap();
+    writeln!(
+        md,
+        "| case | mappings | ns/packet | ÷ no-op |\n|---|---:|---:|---:|"
+    )
+    .unwrap();
+    for r in rows {
+        writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.2}× |",
+            r.case, r.mappings, r.ns_per_packet, r.ratio_to_noop
+        )
+        .unwrap();
+    }
+    let at = |n: u32| {
+        rows.iter()
+            .find(|r| r.mappings == n && r.case.starts_with("translate inbound"))
+            .map(|r| r.ns_per_packet)
+    };
+    if let (Some(a), Some(b)) = (at(1), at(1_000_000)) {
+        writeln!(
+            md,
+            "\nTranslate inbound at 1,000,000 mappings ÷ at 1: {:.2}×\n",
+            b / a
+        )
+        .unwrap();
+    }
+    md
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlPlane {
+    pub associations: u32,
+    pub load_seconds: f64,
+    pub associations_per_second: f64,
+    pub latency_samples: usize,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+}
+
+/// Streams `n` associate requests over one control connection, pipelined.
+fn bulk_load(socket: &std::path::Path, n: u32) -> Duration {
+    let stream = UnixStream::connect(socket).expect("connect");
+    let reader = stream.try_clone().unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut w = std::io::BufWriter::new(stream);
+            for k in 0..n {
+                let req = Request::Associate {
+                    eip: addr([11, 0, 0, 0], k),
+                    private_ip: addr([10, 1, 0, 0], k),
+                };
+                serde_json::to_writer(&mut w, &req).unwrap();
+                w.write_all(b"\n").unwrap();
+            }
+            w.flush().unwrap();
+        });
+        let mut lines = BufReader::new(reader).lines();
+        for k in 0..n {
+            let line = lines.next().expect("a response per request").unwrap();
+            match serde_json::from_str::<Response>(&line).unwrap() {
+                Response::Ok(_) => {}
+                other => panic!("association {k}: {other:?}"),
+            }
+        }
+    });
+    start.elapsed()
+}
+
+pub fn control_plane(quick: bool) -> ControlPlane {
+    let n: u32 = if quick { 100_000 } else { 1_000_000 };
+    let t = Topology::new();
+    let max = (n + 1024).to_string();
+    let agent = Agent::start(
+        &t.gw_public.ns,
+        &t.gw_public.ifname,
+        &t.gw_private.ifname,
+        &["--max-associations", &max, "--log-level", "warn"],
+    );
+    eprintln!("control plane: loading {n} associations…");
+    let load = bulk_load(&agent.socket, n);
+    eprintln!("  {:.1} s", load.as_secs_f64());
+
+    // Latency: associate a fresh EIP while the internet sends to it; time
+    // from the associate call returning to the first datagram arriving.
+    let server = in_netns(&t.instance.ns, || UdpSocket::bind("0.0.0.0:7000").unwrap());
+    server.set_nonblocking(true).unwrap();
+    let client = in_netns(&t.internet.ns, || {
+        UdpSocket::bind("198.51.100.2:0").unwrap()
+    });
+    let mut lat = Vec::new();
+    let mut buf = [0u8; 64];
+    let samples = if quick { 50 } else { 200 };
+    for i in 0..samples {
+        let eip = Ipv4Addr::new(203, 0, 113, 20 + i as u8);
+        let ok = |r: Response| assert!(matches!(r, Response::Ok(_)), "{r:?}");
+        ok(control::call(
+            &agent.socket,
+            &Request::Associate {
+                eip,
+                private_ip: t.instance.addr,
+            },
+        )
+        .unwrap());
+        let t0 = Instant::now();
+        let arrived = loop {
+            client
+                .send_to(b"probe", SocketAddrV4::new(eip, 7000))
+                .unwrap();
+            if server.recv_from(&mut buf).is_ok() {
+                break Some(t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(1) {
+                break None;
+            }
+        };
+        lat.push(
+            arrived
+                .expect("translation took effect within 1 s")
+                .as_secs_f64()
+                * 1e6,
+        );
+        ok(control::call(&agent.socket, &Request::Disassociate { eip }).unwrap());
+        while server.recv_from(&mut buf).is_ok() {}
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    ControlPlane {
+        associations: n,
+        load_seconds: load.as_secs_f64(),
+        associations_per_second: n as f64 / load.as_secs_f64(),
+        latency_samples: lat.len(),
+        latency_us_p50: pct(0.5),
+        latency_us_p99: pct(0.99),
+    }
+}
+
+pub fn control_table(c: &ControlPlane) -> String {
+    format!(
+        "Control plane: {} associations loaded over one control connection in {:.1} s ({:.0}/s); \
+         from `associate` returning to the first translated datagram arriving: p50 {:.0} µs, p99 {:.0} µs ({} samples).\n",
+        c.associations, c.load_seconds, c.associations_per_second, c.latency_us_p50, c.latency_us_p99, c.latency_samples
+    )
+}
