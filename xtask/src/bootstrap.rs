@@ -28,6 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iputils-ping", "ICMP echo in tests and the demo"),
     ("procps", "sysctl in namespaces"),
+    ("nftables", "the benchmark's nftables peers"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -55,6 +55,29 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+    let mut c = Command::new("cargo");
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--locked",
+        "-p",
+        "integration-tests",
+    ])
+    .args(["--bin", "eip-nat-bench", "--"])
+    .current_dir(root())
+    .env("EIP_NAT_BPF_OBJECT", bpf_object())
+    .env("EIP_NAT_BIN", agent_binary());
+    if quick {
+        c.arg("--quick");
+    }
+    if let Some(part) = only {
+        c.arg(format!("--only={part}"));
+    }
+    cmd::run(&mut c)
+}
+
 pub fn demo() -> Result<()> {
     cmd::run(
         Command::new("cargo")

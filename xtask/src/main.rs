@@ -29,6 +29,16 @@ enum Command {
     Test,
     /// Build, then show translation on a small namespace topology.
     Demo,
+    /// Build, then measure eip-nat beside its peers; writes
+    /// target/bench/results.{md,json}.
+    Bench {
+        /// 1-second repetitions and 100,000 associations: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Only one part: throughput, micro or control.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,6 +57,11 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             build::all()?;
             build::demo()
+        }
+        Command::Bench { quick, only } => {
+            bootstrap::run()?;
+            build::all()?;
+            build::bench(quick, only.as_deref())
         }
     }
 }

@@ -274,7 +274,12 @@ fn spread(v: &[f64]) -> f64 {
     }
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu`. The generator is pinned so that it,
+/// the gateway and the sink share one core: a veth delivers a frame in the
+/// sender's softirq, so each frame is generated, translated and counted on
+/// the same CPU, and the rate is 1 / (their summed cost). Moving the
+/// gateway to the other core with threaded NAPI was tried: cross-core
+/// wake-ups on these virtual CPUs cost more than the work itself.
 fn pin_self(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
     unsafe {
@@ -284,54 +289,11 @@ fn pin_self(cpu: usize) {
     }
 }
 
-/// Pins the NAPI kernel threads of `ifname` to `cpu`.
-fn pin_napi(ifname: &str, cpu: usize) {
-    let prefix = format!("napi/{ifname}-");
-    let mut found = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with(&prefix) {
-            let pid = entry.file_name().to_string_lossy().parse::<i32>().unwrap();
-            // SAFETY: as in pin_self, for another task.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
-            found += 1;
-        }
-    }
-    assert!(found > 0, "no NAPI thread for {ifname}");
-}
-
-/// With one core, generator, gateway and sink would share it and the rate
-/// would be 1 / (sum of their costs). Threaded NAPI moves the gateway's
-/// receive processing (its XDP program or its stack) to a kernel thread on
-/// the second core, while generator and sink share the first: the rate is
-/// then the gateway's.
-fn split_cores(r: &Rig) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    for (e, cpu) in [(&r.gw_public, 1.min(cpus - 1)), (&r.sink, 0)] {
-        ns_sh(
-            &e.ns,
-            &[
-                "sh",
-                "-c",
-                &format!("echo 1 > /sys/class/net/{}/threaded", e.ifname),
-            ],
-        );
-        pin_napi(&e.ifname, cpu);
-    }
-}
-
 fn measure(peer: Peer, flows: u32, reps: usize, secs: f64) -> Measurement {
     let r = rig();
     let _gateway = start_peer(peer, &r);
     let (prefix, len) = peer.sink_expects();
     let sink = in_netns(&r.sink.ns, || Sink::attach(&r.sink.ifname, prefix, len)).expect("sink");
-    split_cores(&r);
     let traffic = Traffic {
         src_mac: r.gen.mac,
         dst_mac: r.gw_public.mac,
