@@ -12,7 +12,10 @@ use aya_ebpf::{
 use eip_nat_common::{csum, Verdict};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::{maps::TX_PORTS, packet::ptr_at};
+use crate::{
+    maps::TX_PORTS,
+    packet::{copy_bytes, ptr_at, zero_in_place},
+};
 
 const AF_INET: u8 = 2;
 
@@ -27,8 +30,8 @@ pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
     if ip.ttl <= 1 {
         return Verdict::FallbackTtlExceeded;
     }
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers).
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
+    let fib = zero_in_place(&mut params);
     fib.family = AF_INET;
     fib.l4_protocol = ip.proto;
     fib.__bindgen_anon_1.tot_len = tot_len;
@@ -40,7 +43,7 @@ pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -64,8 +67,8 @@ pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
     ip.ttl -= 1;
     // SAFETY: ptr_at checked the Ethernet header is inside the packet.
     unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
+        copy_bytes(&mut (*eth).dst_addr, &fib.dmac);
+        copy_bytes(&mut (*eth).src_addr, &fib.smac);
     }
     match TX_PORTS.redirect(fib.ifindex, 0) {
         Ok(_) => Verdict::Redirected,

@@ -14,7 +14,7 @@ use eip_nat_common::{
     maps::{GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
 };
 
-use crate::packet::ptr_at;
+use crate::packet::{copy_bytes, ptr_at};
 
 /// Does nothing but exist. A veth hands frames that another interface
 /// redirected into it (`ndo_xdp_xmit`) to its peer only when the peer runs
@@ -61,7 +61,7 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     let flow = unsafe {
         let n = *seq;
         *seq = n + 1;
-        *hdr = cfg.header;
+        copy_bytes(hdr, &cfg.header);
         n as u32 & cfg.flows_mask
     };
     let dst = (u32::from_be_bytes(cfg.dst_base) + (flow >> 8)).to_be_bytes();

@@ -120,6 +120,17 @@ impl Peer {
         Self::EipNatFallback,
     ];
 
+    fn key(self) -> &'static str {
+        match self {
+            Self::NoopRedirect => "noop",
+            Self::KernelForwarding => "kernel",
+            Self::NftStateless => "nft-stateless",
+            Self::NftConntrack => "nft-conntrack",
+            Self::EipNatFast => "fast",
+            Self::EipNatFallback => "fallback",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::NoopRedirect => "(a) XDP no-op redirect (ceiling)",
@@ -410,8 +421,16 @@ fn main() {
     writeln!(md, "Machine: {}. 64-byte UDP frames, {reps} repetitions of {secs} s each; packets per second delivered to the sink (median, and spread = (max − min) / median).\n", report.machine).unwrap();
 
     if only("throughput") {
+        // `--peers=fast,noop` runs only those (for profiling one peer).
+        let chosen: Vec<Peer> = match args.iter().find_map(|a| a.strip_prefix("--peers=")) {
+            Some(list) => Peer::ALL
+                .into_iter()
+                .filter(|p| list.split(',').any(|k| k == p.key()))
+                .collect(),
+            None => Peer::ALL.to_vec(),
+        };
         for flows in [1u32, 65_536] {
-            for peer in Peer::ALL {
+            for &peer in &chosen {
                 eprintln!("throughput: {} with {flows} flow(s)…", peer.label());
                 let m = measure(peer, flows, reps, secs);
                 eprintln!(
