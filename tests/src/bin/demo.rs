@@ -59,6 +59,10 @@ fn main() {
         t.internet.addr, t.gw_public.addr, t.gw_private.addr, t.instance.addr
     );
     println!("  namespaces {}-{{inet,gw,inst}}", t.namespaces.prefix);
+    println!(
+        "  xdp_pass on the internet's and the instance's veth ends: a veth hands frames the \
+         gateway redirects (XDP_REDIRECT) to its peer only if the peer runs an XDP program"
+    );
 
     step("starting the agent on the gateway");
     let agent = Agent::start(

@@ -82,6 +82,8 @@ fn loaded(n: u32) -> Datapath {
 }
 
 pub fn per_packet() -> Vec<Row> {
+    // One CPU for every case, so they are compared on the same core.
+    crate::pin_self(0);
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
     let inet = Ipv4Addr::new(198, 51, 100, 2);
     let (e0, p0) = (addr([11, 0, 0, 0], 0), addr([10, 1, 0, 0], 0));
