@@ -32,8 +32,8 @@ pub enum Verdict {
     /// Translated and forwarded by the fast path: FIB lookup, TTL decrement,
     /// MACs rewritten, `XDP_REDIRECT` to the egress interface.
     Redirected = 8,
-    /// Fast path fallbacks: translated, then passed to the kernel (TTL and
-    /// MACs untouched) because it must do what XDP cannot.
+    // Fast-path fallbacks: translated, then passed to the kernel (TTL and
+    // MACs untouched), because it must do what XDP cannot.
     /// The next hop has no resolved neighbour entry: the kernel resolves it.
     FallbackNoNeighbour = 9,
     /// Larger than the egress MTU: the kernel fragments it, or sends ICMP

@@ -99,12 +99,18 @@ pub struct Datapath {
     eip_counters: PerCpuArray<MapData, EipCounters>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+/// Takes map `name` out of the object, typed.
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
-    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Wraps a map error with the map's name.
+pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
 }
 
 fn key(addr: Ipv4Addr) -> Ipv4Key {
@@ -157,9 +163,7 @@ impl Datapath {
 
     /// Sets the interfaces' roles and the options.
     pub fn set_config(&mut self, cfg: Config) -> Result<(), DatapathError> {
-        self.config
-            .set(0, cfg, 0)
-            .map_err(Self::map_err(names::CONFIG))
+        self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Lets the fast path redirect to `ifindex`.
@@ -172,7 +176,7 @@ impl Datapath {
     pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.tx_ports
             .remove(ifindex)
-            .map_err(Self::map_err(names::TX_PORTS))
+            .map_err(map_err(names::TX_PORTS))
     }
 
     /// Attaches to `iface`'s ingress and returns the mode in effect.
@@ -208,10 +212,6 @@ impl Datapath {
         }
     }
 
-    fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-        move |source| DatapathError::Map { name, source }
-    }
-
     /// Installs an association: counters zeroed first, then both directions.
     /// On failure nothing is left behind.
     pub fn insert(&mut self, a: &Association) -> Result<(), DatapathError> {
@@ -220,7 +220,7 @@ impl Datapath {
             .map_err(DatapathError::Cpus)?;
         self.eip_counters
             .set(a.slot, zero, 0)
-            .map_err(Self::map_err(names::EIP_COUNTERS))?;
+            .map_err(map_err(names::EIP_COUNTERS))?;
         let out = NatEntry {
             addr: key(a.eip),
             slot: a.slot,
@@ -231,10 +231,10 @@ impl Datapath {
         };
         self.private_to_eip
             .insert(key(a.private_ip), out, 0)
-            .map_err(Self::map_err(names::PRIVATE_TO_EIP))?;
+            .map_err(map_err(names::PRIVATE_TO_EIP))?;
         if let Err(e) = self.eip_to_private.insert(key(a.eip), inb, 0) {
             let _ = self.private_to_eip.remove(&key(a.private_ip));
-            return Err(Self::map_err(names::EIP_TO_PRIVATE)(e));
+            return Err(map_err(names::EIP_TO_PRIVATE)(e));
         }
         Ok(())
     }
@@ -244,17 +244,17 @@ impl Datapath {
     pub fn remove(&mut self, a: &Association) -> Result<(), DatapathError> {
         self.eip_to_private
             .remove(&key(a.eip))
-            .map_err(Self::map_err(names::EIP_TO_PRIVATE))?;
+            .map_err(map_err(names::EIP_TO_PRIVATE))?;
         self.private_to_eip
             .remove(&key(a.private_ip))
-            .map_err(Self::map_err(names::PRIVATE_TO_EIP))
+            .map_err(map_err(names::PRIVATE_TO_EIP))
     }
 
     /// Entries of both maps, for checks that they agree with the agent.
     pub fn entries(&self) -> Result<Vec<(Ipv4Addr, NatEntry, Option<NatEntry>)>, DatapathError> {
         let mut out = Vec::new();
         for item in self.eip_to_private.iter() {
-            let (eip, inb) = item.map_err(Self::map_err(names::EIP_TO_PRIVATE))?;
+            let (eip, inb) = item.map_err(map_err(names::EIP_TO_PRIVATE))?;
             let back = self.private_to_eip.get(&inb.addr, 0).ok();
             out.push((Ipv4Addr::from(eip), inb, back));
         }
@@ -271,7 +271,7 @@ impl Datapath {
                 let per_cpu = self
                     .verdicts
                     .get(&verdict_index(d, v), 0)
-                    .map_err(Self::map_err(names::VERDICT_COUNTERS))?;
+                    .map_err(map_err(names::VERDICT_COUNTERS))?;
                 let mut sum = VerdictCounter::default();
                 per_cpu.iter().for_each(|c| sum += *c);
                 out.push((d, v, sum));
@@ -285,7 +285,7 @@ impl Datapath {
         let per_cpu = self
             .eip_counters
             .get(&slot, 0)
-            .map_err(Self::map_err(names::EIP_COUNTERS))?;
+            .map_err(map_err(names::EIP_COUNTERS))?;
         let mut sum = EipCounters::default();
         per_cpu.iter().for_each(|c| sum += *c);
         Ok(sum)

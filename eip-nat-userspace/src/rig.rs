@@ -11,7 +11,7 @@ use aya::{
 };
 use eip_nat_common::maps::{self as names, GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN};
 
-use crate::datapath::{DatapathError, OBJECT};
+use crate::datapath::{map_err, take, DatapathError, OBJECT};
 
 /// Loads the object for one rig program (the datapath's maps kept tiny)
 /// and returns it with the program loaded.
@@ -47,18 +47,6 @@ fn attached(program: &'static str, iface: &str) -> Result<Ebpf, DatapathError> {
             source,
         })?;
     Ok(ebpf)
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
-    T::try_from(map).map_err(map_err(name))
 }
 
 /// `xdp_pass` on an interface, for as long as this value lives.
