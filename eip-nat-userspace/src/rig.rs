@@ -103,7 +103,26 @@ pub struct Sink {
 impl Sink {
     /// Frames count as good when their destination is in `prefix/len`.
     pub fn attach(iface: &str, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
-        let mut ebpf = attached("xdp_sink", iface)?;
+        Self::configure(attached("xdp_sink", iface)?, prefix, len)
+    }
+
+    /// Loaded but not attached, for feeding it frames with [`Self::run`].
+    pub fn detached(prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
+        Self::configure(load("xdp_sink")?, prefix, len)
+    }
+
+    /// Runs the sink once on `frame` (BPF_PROG_TEST_RUN); returns its action.
+    pub fn run(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
+        let r = xdp(&mut self._ebpf, "xdp_sink")?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map_err(|e| DatapathError::Program("xdp_sink", e))?;
+        Ok(r.return_value)
+    }
+
+    fn configure(mut ebpf: Ebpf, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
         let mask = (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)).to_be_bytes();
         let mut cfg: Array<MapData, SinkConfig> = take(&mut ebpf, names::SINK_CONFIG)?;
         cfg.set(0, SinkConfig { prefix, mask }, 0)

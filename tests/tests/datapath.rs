@@ -720,3 +720,49 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         NONE,
     );
 }
+
+// ---- The benchmark's own programs: what it measures must be right ----
+
+#[test]
+fn generator_frames_are_valid_and_follow_the_flow_pattern() {
+    require_root();
+    let traffic = eip_nat::rig::Traffic {
+        src_mac: MAC_A,
+        dst_mac: MAC_B,
+        src: INTERNET.octets(),
+        dst_base: [198, 18, 1, 0],
+        sport_base: 1024,
+        dport: 9,
+        flows: 65_536,
+        frame_len: 60,
+    };
+    let mut generator = eip_nat::rig::Generator::new(1, &traffic).expect("load xdp_gen");
+    for flow in 0u32..300 {
+        let frame = generator.sample().expect("run xdp_gen");
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[..12], &[MAC_B, MAC_A].concat()[..]);
+        let p = integration_tests::packet::parse_and_verify(&frame)
+            .unwrap_or_else(|e| panic!("flow {flow}: {e}"));
+        assert_eq!(p.src, INTERNET);
+        assert_eq!(
+            p.dst,
+            Ipv4Addr::from(u32::from_be_bytes([198, 18, 1, 0]) + flow / 256)
+        );
+        assert_eq!(p.ports(), Some((1024 + (flow % 256) as u16, 9)));
+    }
+}
+
+#[test]
+fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
+    require_root();
+    let mut sink = eip_nat::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
+    let good = udp(INTERNET, 1, Ipv4Addr::new(10, 200, 1, 7), 9, b"x", true).frame();
+    let wrong_dst = udp(INTERNET, 1, EIP, 9, b"x", true).frame();
+    let mut bad_checksum = good.clone();
+    bad_checksum[24] ^= 0x40;
+    for f in [&good, &good, &wrong_dst, &bad_checksum] {
+        assert_eq!(sink.run(f).unwrap(), XDP_DROP, "the sink drops everything");
+    }
+    let c = sink.counters().unwrap();
+    assert_eq!((c.good, c.bad), (2, 2));
+}
