@@ -46,10 +46,15 @@ pub enum Verdict {
     FallbackNotForwarded = 12,
     /// The egress interface is not in `TX_PORTS`.
     FallbackNoTxPort = 13,
+    /// Source is one of our EIPs, arriving from the Internet (public side)
+    /// or from an instance (private side): spoofed.
+    DropSpoofedEip = 14,
+    /// Source is an associated private IP, arriving from the Internet.
+    DropSpoofedPrivate = 15,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 16;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -65,6 +70,8 @@ impl Verdict {
         Self::FallbackTtlExceeded,
         Self::FallbackNotForwarded,
         Self::FallbackNoTxPort,
+        Self::DropSpoofedEip,
+        Self::DropSpoofedPrivate,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -84,6 +91,8 @@ impl Verdict {
             Self::FallbackTtlExceeded => "translated_pass_ttl_exceeded",
             Self::FallbackNotForwarded => "translated_pass_not_forwarded",
             Self::FallbackNoTxPort => "translated_pass_no_tx_port",
+            Self::DropSpoofedEip => "drop_spoofed_eip",
+            Self::DropSpoofedPrivate => "drop_spoofed_private",
         }
     }
 
@@ -115,7 +124,12 @@ impl Verdict {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Self::EthernetTruncated | Self::Ipv4Truncated | Self::Ipv4BadHeader | Self::L4Truncated
+            Self::EthernetTruncated
+                | Self::Ipv4Truncated
+                | Self::Ipv4BadHeader
+                | Self::L4Truncated
+                | Self::DropSpoofedEip
+                | Self::DropSpoofedPrivate
         )
     }
 
@@ -139,6 +153,7 @@ mod tests {
         assert_eq!(Verdict::Translated as u32, 0);
         assert_eq!(Verdict::L4Truncated as u32, 7);
         assert_eq!(Verdict::FallbackNoTxPort as u32, 13);
+        assert_eq!(Verdict::DropSpoofedPrivate as u32, 15);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use eip_nat_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
+use aya_ebpf::maps::HashMap;
+use eip_nat_common::{maps::Ipv4Key, NatEntry};
+
 use crate::{
     forward,
     maps::{EIP_TO_PRIVATE, PRIVATE_TO_EIP},
@@ -45,16 +48,10 @@ pub fn translate(
         return Err(Verdict::Ipv4Truncated);
     }
 
-    let (field, table) = match direction {
-        Direction::Inbound => (&mut ip.dst_addr, &EIP_TO_PRIVATE),
-        _ => (&mut ip.src_addr, &PRIVATE_TO_EIP),
-    };
-    let old = *field;
-    // SAFETY: the value is copied out at once; the agent only replaces
-    // entries whole, through the syscall.
-    let Some(entry) = (unsafe { table.get(&old) }).copied() else {
+    let rewrite = decide(direction, ip.src_addr, ip.dst_addr)?;
+    if rewrite.src.is_none() && rewrite.dst.is_none() {
         return Ok(Verdict::NoMapping);
-    };
+    }
 
     // Find the L4 checksum before writing anything, so a packet whose
     // checksum cannot be kept valid is dropped as it arrived. Only the first
@@ -70,24 +67,94 @@ pub fn translate(
         }
     }
 
-    *field = entry.addr;
-    let check = u16::from_be_bytes(ip.check);
-    ip.check = csum::replace_u32(check, old, entry.addr).to_be_bytes();
-    if let Some(l4) = l4_check {
-        // SAFETY: ptr_at checked both bytes are inside the packet.
-        let l4 = unsafe { &mut *l4 };
-        let check = u16::from_be_bytes(*l4);
-        let new = if ip.proto == PROTO_UDP {
-            csum::udp_replace_u32(check, old, entry.addr)
-        } else {
-            csum::replace_u32(check, old, entry.addr)
-        };
-        *l4 = new.to_be_bytes();
+    let udp = ip.proto == PROTO_UDP;
+    let mut ip_check = u16::from_be_bytes(ip.check);
+    // SAFETY: ptr_at checked both bytes are inside the packet.
+    let mut l4 = l4_check.map(|p| (p, u16::from_be_bytes(unsafe { *p })));
+    if let Some(e) = rewrite.src {
+        patch(&mut ip.src_addr, e.addr, &mut ip_check, &mut l4, udp);
+        stats::record_eip(e.slot, Direction::Outbound, tot_len);
     }
-    stats::record_eip(entry.slot, direction, tot_len);
+    if let Some(e) = rewrite.dst {
+        patch(&mut ip.dst_addr, e.addr, &mut ip_check, &mut l4, udp);
+        stats::record_eip(e.slot, Direction::Inbound, tot_len);
+    }
+    ip.check = ip_check.to_be_bytes();
+    if let Some((p, check)) = l4 {
+        // SAFETY: as above.
+        unsafe { *p = check.to_be_bytes() };
+    }
     if fast_path {
         Ok(forward::forward(ctx, ip, tot_len))
     } else {
         Ok(Verdict::Translated)
+    }
+}
+
+/// The addresses a packet gets: the association of its new source, of its
+/// new destination, or both (hairpin).
+struct Rewrite {
+    src: Option<NatEntry>,
+    dst: Option<NatEntry>,
+}
+
+#[inline(always)]
+fn lookup(table: &HashMap<Ipv4Key, NatEntry>, addr: &Ipv4Key) -> Option<NatEntry> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { table.get(addr) }.copied()
+}
+
+/// What to rewrite, or why the packet is dropped.
+///
+/// Public side: destination EIP → private IP. A source that is one of our
+/// EIPs or private IPs cannot come from the Internet: dropped as spoofed
+/// (RFC 2827 ingress filtering).
+///
+/// Private side: source private IP → its EIP; a destination that is an EIP
+/// is translated too, in the same pass (hairpin, RFC 4787 §6), so an
+/// instance reaching another's (or its own) EIP is seen from its EIP and
+/// the reply takes the same way back. A source that is an EIP is spoofed.
+#[inline(always)]
+fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, Verdict> {
+    if direction == Direction::Inbound {
+        if lookup(&EIP_TO_PRIVATE, &src).is_some() {
+            return Err(Verdict::DropSpoofedEip);
+        }
+        if lookup(&PRIVATE_TO_EIP, &src).is_some() {
+            return Err(Verdict::DropSpoofedPrivate);
+        }
+        return Ok(Rewrite {
+            src: None,
+            dst: lookup(&EIP_TO_PRIVATE, &dst),
+        });
+    }
+    let src_entry = lookup(&PRIVATE_TO_EIP, &src);
+    if src_entry.is_none() && lookup(&EIP_TO_PRIVATE, &src).is_some() {
+        return Err(Verdict::DropSpoofedEip);
+    }
+    Ok(Rewrite {
+        src: src_entry,
+        dst: lookup(&EIP_TO_PRIVATE, &dst),
+    })
+}
+
+/// Rewrites one address and patches the IPv4 and L4 checksums for it.
+#[inline(always)]
+fn patch(
+    field: &mut Ipv4Key,
+    new: Ipv4Key,
+    ip_check: &mut u16,
+    l4: &mut Option<(*mut [u8; 2], u16)>,
+    udp: bool,
+) {
+    let old = *field;
+    *field = new;
+    *ip_check = csum::replace_u32(*ip_check, old, new);
+    if let Some((_, check)) = l4 {
+        *check = if udp {
+            csum::udp_replace_u32(*check, old, new)
+        } else {
+            csum::replace_u32(*check, old, new)
+        };
     }
 }

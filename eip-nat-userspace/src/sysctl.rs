@@ -48,6 +48,21 @@ pub fn check(proc_sys: &Path, public_if: &str, private_if: &str) -> Vec<String> 
              a default route)"
         ));
     }
+    // Hairpin traffic leaves by the interface it came in on; on the slow
+    // path the kernel then sends the instance an ICMP redirect (RFC 1812
+    // §4.3.3.2) pointing at the other instance, which does not own the EIP.
+    // Sent when either all or the interface allows it (IN_DEV_TX_REDIRECTS).
+    let redirects = [
+        "net/ipv4/conf/all/send_redirects".to_string(),
+        format!("net/ipv4/conf/{private_if}/send_redirects"),
+    ];
+    if redirects.iter().any(|k| read(proc_sys, k) == Some(1)) {
+        problems.push(format!(
+            "ICMP redirects are on for {private_if}: hairpin traffic (an instance reaching \
+             another's EIP) would be redirected to the wrong host; run `sysctl -w \
+             net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.{private_if}.send_redirects=0`"
+        ));
+    }
     problems
 }
 
@@ -84,7 +99,9 @@ mod tests {
             .set("net/ipv4/conf/all/rp_filter", 0)
             .set("net/ipv4/conf/priv0/rp_filter", 2)
             .set("net/ipv4/conf/pub0/forwarding", 1)
-            .set("net/ipv4/conf/priv0/forwarding", 1);
+            .set("net/ipv4/conf/priv0/forwarding", 1)
+            .set("net/ipv4/conf/all/send_redirects", 0)
+            .set("net/ipv4/conf/priv0/send_redirects", 0);
         assert_eq!(check(&p.0, "pub0", "priv0"), Vec::<String>::new());
     }
 
@@ -94,12 +111,15 @@ mod tests {
         p.set("net/ipv4/ip_forward", 0)
             .set("net/ipv4/conf/all/rp_filter", 1)
             .set("net/ipv4/conf/priv0/rp_filter", 0)
-            .set("net/ipv4/conf/pub0/forwarding", 0);
+            .set("net/ipv4/conf/pub0/forwarding", 0)
+            .set("net/ipv4/conf/all/send_redirects", 0)
+            .set("net/ipv4/conf/priv0/send_redirects", 1);
         let problems = check(&p.0, "pub0", "priv0");
-        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(problems[0].contains("sysctl -w net.ipv4.ip_forward=1"));
         assert!(problems[1].contains("net.ipv4.conf.pub0.forwarding=1"));
         assert!(problems[2].contains("strict on priv0 (all=1, priv0=0)"));
+        assert!(problems[3].contains("send_redirects=0"));
     }
 
     #[test]

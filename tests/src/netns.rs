@@ -246,6 +246,18 @@ impl Topology {
             &["ip", "route", "add", "default", "via", "10.200.0.1"],
         );
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns_sh(
+            &gw,
+            &["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"],
+        );
+        ns_sh(
+            &gw,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{}.send_redirects=0", gw_private.ifname),
+            ],
+        );
         ns_sh(&gw, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
         ns_sh(
             &gw,
@@ -268,6 +280,159 @@ impl Topology {
 }
 
 impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Two instances behind the gateway on one L2 segment (a bridge in its own
+/// namespace), for hairpin: each instance reaching the other's EIP.
+///
+/// ```text
+///  internet ── [gateway] 10.200.0.1 ── bridge ─┬─ 10.200.0.10 instance 1
+///                                              └─ 10.200.0.20 instance 2
+/// ```
+pub struct TwoInstances {
+    pub internet: End,
+    pub gw_public: End,
+    pub gw_private: End,
+    pub instances: [End; 2],
+    pub peer_programs: Vec<PassProgram>,
+    pub namespaces: Namespaces,
+}
+
+impl TwoInstances {
+    pub fn new() -> Self {
+        let mut namespaces = Namespaces::new();
+        let p = namespaces.prefix.clone();
+        let inet = namespaces.add("inet");
+        let gw = namespaces.add("gw");
+        let vpc = namespaces.add("vpc");
+        let ns1 = namespaces.add("i1");
+        let ns2 = namespaces.add("i2");
+        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| End {
+            ns: ns.to_string(),
+            ifname: format!("{p}{suffix}"),
+            mac: [0x02, 0xef, 0, 0, 0, last],
+            addr: Ipv4Addr::from(addr),
+            prefix_len: 24,
+        };
+        let internet = end(&inet, "i", 1, [198, 51, 100, 2]);
+        let gw_public = end(&gw, "gp", 2, [198, 51, 100, 1]);
+        let gw_private = end(&gw, "gv", 3, [10, 200, 0, 1]);
+        let instances = [
+            end(&ns1, "n", 4, [10, 200, 0, 10]),
+            end(&ns2, "m", 5, [10, 200, 0, 20]),
+        ];
+        veth(&internet, &gw_public);
+        ns_sh(&vpc, &["ip", "link", "add", "br0", "type", "bridge"]);
+        ns_sh(&vpc, &["ip", "link", "set", "br0", "up"]);
+        // Each L3 end gets a bridge port as its peer.
+        for (i, e) in std::iter::once(&gw_private)
+            .chain(instances.iter())
+            .enumerate()
+        {
+            let port = format!("{p}b{i}");
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &e.ifname,
+                "netns",
+                &e.ns,
+                "address",
+                &mac_str(e.mac),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &vpc,
+            ]);
+            ns_sh(&vpc, &["ip", "link", "set", &port, "master", "br0"]);
+            ns_sh(&vpc, &["ip", "link", "set", &port, "up"]);
+            ns_sh(
+                &e.ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", e.addr),
+                    "dev",
+                    &e.ifname,
+                ],
+            );
+            ns_sh(
+                &e.ns,
+                &["ethtool", "-K", &e.ifname, "tx", "off", "rx", "off"],
+            );
+            ns_sh(&e.ns, &["ip", "link", "set", &e.ifname, "up"]);
+        }
+        for inst in &instances {
+            for (me, peer) in [(inst, &gw_private), (&gw_private, inst)] {
+                ns_sh(
+                    &me.ns,
+                    &[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        &peer.addr.to_string(),
+                        "lladdr",
+                        &mac_str(peer.mac),
+                        "dev",
+                        &me.ifname,
+                        "nud",
+                        "permanent",
+                    ],
+                );
+            }
+            ns_sh(
+                &inst.ns,
+                &["ip", "route", "add", "default", "via", "10.200.0.1"],
+            );
+        }
+        ns_sh(
+            &inet,
+            &[
+                "ip",
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                "198.51.100.1",
+            ],
+        );
+        for s in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            &format!("net.ipv4.conf.{}.rp_filter=0", gw_private.ifname),
+            // Hairpin leaves by the interface it came in on; the slow path
+            // would otherwise tell the instance to go direct (ICMP redirect).
+            "net.ipv4.conf.all.send_redirects=0",
+            &format!("net.ipv4.conf.{}.send_redirects=0", gw_private.ifname),
+        ] {
+            ns_sh(&gw, &["sysctl", "-qw", s]);
+        }
+        // Frames the fast path redirects into the gateway's veths need NAPI
+        // on the peers: the internet's end and the bridge port.
+        let bridge_port = format!("{p}b0");
+        let peer_programs = vec![
+            in_netns(&inet, || PassProgram::attach(&internet.ifname)).expect("xdp_pass"),
+            in_netns(&vpc, || PassProgram::attach(&bridge_port)).expect("xdp_pass"),
+        ];
+        Self {
+            internet,
+            gw_public,
+            gw_private,
+            instances,
+            peer_programs,
+            namespaces,
+        }
+    }
+}
+
+impl Default for TwoInstances {
     fn default() -> Self {
         Self::new()
     }

@@ -360,7 +360,7 @@ fn link_padding_is_left_alone() {
 fn untranslatable_packets_pass_untouched() {
     let mut h = Harness::new();
     // No mapping: another EIP inbound, another private IP outbound, and an
-    // inbound packet *from* the private IP (the tables are per direction).
+    // outbound packet *to* the private IP (the tables are per direction).
     for (name, dir, p) in [
         (
             "no mapping in",
@@ -371,11 +371,6 @@ fn untranslatable_packets_pass_untouched() {
             "no mapping out",
             Direction::Outbound,
             udp(Ipv4Addr::new(10, 200, 0, 11), 1, INTERNET, 2, b"x", true),
-        ),
-        (
-            "eip as source in",
-            Direction::Inbound,
-            udp(EIP, 1, INTERNET, 2, b"x", true),
         ),
         (
             "private as dest out",
@@ -394,6 +389,12 @@ fn untranslatable_packets_pass_untouched() {
     arp.extend([0; 6]);
     arp.extend(EIP.octets());
     h.untouched("arp", Direction::Inbound, &arp, Verdict::NotIpv4);
+    // 802.1Q-tagged IPv4 to the EIP: passed untouched, by decision (the
+    // README's "VLAN" note), not translated behind the tag.
+    let mut tagged = ethernet(MAC_B, MAC_A, 0x8100);
+    tagged.extend([0x00, 0x64, 0x08, 0x00]);
+    tagged.extend(&udp(INTERNET, 1, EIP, 2, b"tagged", true).frame()[14..]);
+    h.untouched("vlan tagged", Direction::Inbound, &tagged, Verdict::NotIpv4);
     // IPv6 to anything.
     let mut v6 = ethernet(MAC_B, MAC_A, 0x86dd);
     v6.extend([0x60, 0, 0, 0, 0, 8, 17, 64]);
@@ -765,4 +766,116 @@ fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
     }
     let c = sink.counters().unwrap();
     assert_eq!((c.good, c.bad), (2, 2));
+}
+
+// ---- Anti-spoofing and hairpin ----
+
+#[test]
+fn spoofed_sources_are_dropped_with_their_reason() {
+    let mut h = Harness::new();
+    // From the Internet, claiming to be our EIP or an instance's private IP.
+    h.dropped(
+        "eip as source in",
+        &udp(EIP, 1, INTERNET, 2, b"x", true).frame(),
+        Verdict::DropSpoofedEip,
+    );
+    h.dropped(
+        "eip to eip in",
+        &udp(EIP, 1, EIP, 2, b"x", true).frame(),
+        Verdict::DropSpoofedEip,
+    );
+    h.dropped(
+        "private as source in",
+        &udp(PRIVATE, 1, EIP, 2, b"x", true).frame(),
+        Verdict::DropSpoofedPrivate,
+    );
+    // From an instance, claiming an EIP as its source.
+    let f = udp(EIP, 1, INTERNET, 2, b"x", true).frame();
+    h.case(
+        "eip as source out",
+        Direction::Outbound,
+        &f,
+        Verdict::DropSpoofedEip,
+        &[],
+        NONE,
+    );
+}
+
+#[test]
+fn hairpin_translates_both_addresses_in_one_pass() {
+    let mut h = Harness::new();
+    let (eip2, private2) = (
+        Ipv4Addr::new(203, 0, 113, 20),
+        Ipv4Addr::new(10, 200, 0, 20),
+    );
+    let slot2 = h.gw.associate(eip2, private2).unwrap().slot;
+    let counters = |h: &mut Harness| {
+        let a = h.eip();
+        let b = h.gw.datapath_mut().eip_counters(slot2).unwrap();
+        (a.out_packets, b.in_packets, a.in_packets, b.out_packets)
+    };
+
+    // Instance 1 → instance 2's EIP: source becomes EIP 1, destination
+    // private 2; checksums recomputed in full by the builder.
+    let before = counters(&mut h);
+    let input = tcp(PRIVATE, 40000, eip2, 443, 0x02, b"");
+    let expected = tcp(EIP, 40000, private2, 443, 0x02, b"");
+    h.case(
+        "hairpin tcp",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        outbound(ip_len(&input)),
+    );
+    let after = counters(&mut h);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "sender out, target in"
+    );
+
+    // The reply comes back the same way.
+    let input = tcp(private2, 443, EIP, 40000, 0x12, b"");
+    let expected = tcp(eip2, 443, PRIVATE, 40000, 0x12, b"");
+    h.case(
+        "hairpin reply",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        inbound(ip_len(&input)),
+    );
+
+    // UDP, and to its own EIP.
+    let input = udp(PRIVATE, 5000, EIP, 5001, b"self", true);
+    let expected = udp(EIP, 5000, PRIVATE, 5001, b"self", true);
+    let n = ip_len(&input) as u64;
+    h.case(
+        "hairpin to itself",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        EipCounters {
+            in_packets: 1,
+            in_bytes: n,
+            out_packets: 1,
+            out_bytes: n,
+        },
+    );
+
+    // A sender without an EIP keeps its source; the destination is still
+    // translated.
+    let loner = Ipv4Addr::new(10, 200, 0, 30);
+    let input = udp(loner, 5000, eip2, 53, b"q", false);
+    let expected = udp(loner, 5000, private2, 53, b"q", false);
+    h.case(
+        "hairpin, sender without eip",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected.frame(),
+        NONE,
+    );
 }
