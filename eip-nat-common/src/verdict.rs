@@ -51,10 +51,15 @@ pub enum Verdict {
     DropSpoofedEip = 14,
     /// Source is an associated private IP, arriving from the Internet.
     DropSpoofedPrivate = 15,
+    /// An ICMP error to translate whose quoted packet is missing, cut short
+    /// (less than its IPv4 header and 8 bytes, RFC 792) or not IPv4.
+    IcmpErrorTruncated = 16,
+    /// An ICMP error quoting a non-first fragment: no ports to match.
+    IcmpErrorInnerFragment = 17,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -72,6 +77,8 @@ impl Verdict {
         Self::FallbackNoTxPort,
         Self::DropSpoofedEip,
         Self::DropSpoofedPrivate,
+        Self::IcmpErrorTruncated,
+        Self::IcmpErrorInnerFragment,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -93,6 +100,8 @@ impl Verdict {
             Self::FallbackNoTxPort => "translated_pass_no_tx_port",
             Self::DropSpoofedEip => "drop_spoofed_eip",
             Self::DropSpoofedPrivate => "drop_spoofed_private",
+            Self::IcmpErrorTruncated => "drop_icmp_error_truncated",
+            Self::IcmpErrorInnerFragment => "drop_icmp_error_inner_fragment",
         }
     }
 
@@ -130,6 +139,8 @@ impl Verdict {
                 | Self::L4Truncated
                 | Self::DropSpoofedEip
                 | Self::DropSpoofedPrivate
+                | Self::IcmpErrorTruncated
+                | Self::IcmpErrorInnerFragment
         )
     }
 

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod forward;
+mod icmp;
 mod maps;
 mod packet;
 mod rig;

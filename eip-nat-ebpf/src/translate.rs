@@ -8,7 +8,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 use eip_nat_common::{
     csum,
-    ipv4::{self, ETH_HLEN, ETH_P_IP_BYTES, PROTO_UDP},
+    ipv4::{self, ETH_HLEN, ETH_P_IP_BYTES, PROTO_ICMP, PROTO_UDP},
     Direction, Verdict,
 };
 use network_types::ip::Ipv4Hdr;
@@ -17,7 +17,7 @@ use aya_ebpf::maps::HashMap;
 use eip_nat_common::{maps::Ipv4Key, NatEntry};
 
 use crate::{
-    forward,
+    forward, icmp,
     maps::{EIP_TO_PRIVATE, PRIVATE_TO_EIP},
     packet::{holds, ptr_at},
     stats,
@@ -67,7 +67,16 @@ pub fn translate(
         }
     }
 
+    // An ICMP error quotes the packet it is about; that copy is translated
+    // too (below), after the same checks-before-writes.
+    let quoted = if ip.proto == PROTO_ICMP && ipv4::is_first_fragment(ip.frags) {
+        icmp::quoted_packet(ctx, hlen, tot_len)?
+    } else {
+        icmp::Quoted::NONE
+    };
+
     let udp = ip.proto == PROTO_UDP;
+    let (old_src, old_dst) = (ip.src_addr, ip.dst_addr);
     let mut ip_check = u16::from_be_bytes(ip.check);
     // SAFETY: ptr_at checked both bytes are inside the packet.
     let mut l4 = l4_check.map(|p| (p, u16::from_be_bytes(unsafe { *p })));
@@ -83,6 +92,18 @@ pub fn translate(
     if let Some((p, check)) = l4 {
         // SAFETY: as above.
         unsafe { *p = check.to_be_bytes() };
+    }
+    if quoted.is_some() {
+        let q = &quoted;
+        // The quoted packet went the other way: an error arriving for an EIP
+        // quotes a packet *from* that EIP; an error an instance sends quotes
+        // a packet *to* its private IP.
+        if let Some(e) = rewrite.dst {
+            q.translate_source(old_dst, e.addr);
+        }
+        if let Some(e) = rewrite.src {
+            q.translate_destination(old_src, e.addr);
+        }
     }
     if fast_path {
         Ok(forward::forward(ctx, ip, tot_len))
@@ -140,7 +161,7 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
 
 /// Rewrites one address and patches the IPv4 and L4 checksums for it.
 #[inline(always)]
-fn patch(
+pub fn patch(
     field: &mut Ipv4Key,
     new: Ipv4Key,
     ip_check: &mut u16,

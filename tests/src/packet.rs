@@ -158,6 +158,36 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, id: u16, seq: u16, data
     Ipv4::new(src, dst, ICMP, m)
 }
 
+/// ICMP error (destination unreachable 3, time exceeded 11, parameter
+/// problem 12) quoting `quoted` (an IPv4 packet, often cut short); `rest`
+/// is the second word (e.g. the next-hop MTU of "fragmentation needed").
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Ipv4 {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend(rest);
+    m.extend(quoted);
+    let c = internet_checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = Ipv4::new(src, dst, ICMP, m);
+    p.frags = 0;
+    p
+}
+
+impl Ipv4 {
+    /// The datagram's bytes (header and payload), as an ICMP error quotes it.
+    pub fn datagram(&self) -> Vec<u8> {
+        let mut d = self.header();
+        d.extend(&self.payload);
+        d
+    }
+}
+
 /// A parsed IPv4 frame, for assertions on captured traffic.
 #[derive(Clone, Debug)]
 pub struct Parsed {

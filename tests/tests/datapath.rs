@@ -16,7 +16,7 @@ use eip_nat_common::{
 };
 use integration_tests::{
     netns::{in_netns, ns_sh, Namespaces},
-    packet::{ethernet, hex, icmp_echo, tcp, udp, Ipv4, MAC_A, MAC_B, TCP},
+    packet::{ethernet, hex, icmp_echo, icmp_error, tcp, udp, Ipv4, MAC_A, MAC_B, TCP},
     require_root,
 };
 
@@ -877,5 +877,119 @@ fn hairpin_translates_both_addresses_in_one_pass() {
         Verdict::Translated,
         &expected.frame(),
         NONE,
+    );
+}
+
+// ---- ICMP errors: the quoted packet is translated too (RFC 5508 §4.2) ----
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+
+#[test]
+fn icmp_errors_from_the_internet_reach_the_instance_translated() {
+    let mut h = Harness::new();
+    // Port unreachable about a UDP datagram the instance sent (it left with
+    // source EIP): whole datagram quoted, so the quoted UDP checksum is
+    // fixed too. Expected: built from scratch with the private IP.
+    let sent = udp(EIP, 5000, REMOTE, 53, b"query", true);
+    let original = udp(PRIVATE, 5000, REMOTE, 53, b"query", true);
+    let input = icmp_error(ROUTER, EIP, 3, 3, [0; 4], &sent.datagram());
+    let expected = icmp_error(ROUTER, PRIVATE, 3, 3, [0; 4], &original.datagram());
+    h.translated("port unreachable in", Direction::Inbound, &input, &expected);
+
+    // Fragmentation needed (MTU 1280) about a TCP segment, quoting only the
+    // IPv4 header and 8 bytes: no TCP checksum in the quote, so those 8
+    // bytes (ports, sequence number) stay as they are.
+    let sent = tcp(EIP, 443, REMOTE, 50000, 0x18, &[0x61; 1400]);
+    let original = tcp(PRIVATE, 443, REMOTE, 50000, 0x18, &[0x61; 1400]);
+    let cut = |p: &Ipv4| p.datagram()[..28].to_vec();
+    assert_eq!(cut(&sent)[20..], cut(&original)[20..]);
+    let mtu = [0, 0, 0x05, 0x00];
+    let input = icmp_error(ROUTER, EIP, 3, 4, mtu, &cut(&sent));
+    let expected = icmp_error(ROUTER, PRIVATE, 3, 4, mtu, &cut(&original));
+    h.translated(
+        "frag needed in, 8 bytes quoted",
+        Direction::Inbound,
+        &input,
+        &expected,
+    );
+
+    // Time exceeded quoting a full TCP header (checksum included).
+    let quote = |p: &Ipv4| p.datagram()[..40].to_vec();
+    let input = icmp_error(ROUTER, EIP, 11, 0, [0; 4], &quote(&sent));
+    let expected = icmp_error(ROUTER, PRIVATE, 11, 0, [0; 4], &quote(&original));
+    assert_ne!(
+        quote(&sent)[36..38],
+        quote(&original)[36..38],
+        "the quoted TCP checksum differs"
+    );
+    h.translated(
+        "time exceeded in, tcp header quoted",
+        Direction::Inbound,
+        &input,
+        &expected,
+    );
+}
+
+#[test]
+fn icmp_errors_from_the_instance_leave_translated() {
+    let mut h = Harness::new();
+    // The instance answers a datagram it received (destination was its
+    // private IP) with port unreachable: the outer source and the quoted
+    // destination become the EIP.
+    let received = udp(REMOTE, 40000, PRIVATE, 9, b"probe", true);
+    let as_sent = udp(REMOTE, 40000, EIP, 9, b"probe", true);
+    let input = icmp_error(PRIVATE, REMOTE, 3, 3, [0; 4], &received.datagram());
+    let expected = icmp_error(EIP, REMOTE, 3, 3, [0; 4], &as_sent.datagram());
+    h.translated(
+        "port unreachable out",
+        Direction::Outbound,
+        &input,
+        &expected,
+    );
+}
+
+#[test]
+fn icmp_errors_that_cannot_be_translated_are_dropped() {
+    let mut h = Harness::new();
+    let sent = udp(EIP, 5000, REMOTE, 53, b"query", true);
+    // Quote shorter than an IPv4 header + 8 bytes.
+    let short = icmp_error(ROUTER, EIP, 3, 3, [0; 4], &sent.datagram()[..24]);
+    h.dropped(
+        "quote cut short",
+        &short.frame(),
+        Verdict::IcmpErrorTruncated,
+    );
+    // Quote that is not IPv4.
+    let mut not_v4 = sent.datagram();
+    not_v4[0] = 0x65;
+    let bad = icmp_error(ROUTER, EIP, 3, 3, [0; 4], &not_v4);
+    h.dropped("quote not ipv4", &bad.frame(), Verdict::IcmpErrorTruncated);
+    // Quote of a later fragment: no ports to go by.
+    let mut frag = sent.clone();
+    frag.frags = 100;
+    let err = icmp_error(ROUTER, EIP, 11, 1, [0; 4], &frag.datagram());
+    h.dropped(
+        "quote is a later fragment",
+        &err.frame(),
+        Verdict::IcmpErrorInnerFragment,
+    );
+    // An error about a packet from someone else: only the outer header is
+    // translated.
+    let other = udp(
+        Ipv4Addr::new(203, 0, 113, 77),
+        5000,
+        REMOTE,
+        53,
+        b"query",
+        true,
+    );
+    let input = icmp_error(ROUTER, EIP, 3, 3, [0; 4], &other.datagram());
+    let expected = icmp_error(ROUTER, PRIVATE, 3, 3, [0; 4], &other.datagram());
+    h.translated(
+        "quote of another source",
+        Direction::Inbound,
+        &input,
+        &expected,
     );
 }

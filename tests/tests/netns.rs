@@ -884,3 +884,88 @@ fn spoofed_sources_are_dropped_on_both_sides() {
     drop(server);
     udp_exchange(&s, 2, 16);
 }
+
+// ---- ICMP errors through the gateway: path MTU discovery ----
+
+/// A host behind a router on the internet side whose link to it has a
+/// smaller MTU: the router's "fragmentation needed" (sent to the EIP) must
+/// reach the instance translated, quote and all, and shrink its TCP path
+/// MTU, or the transfer stalls (RFC 1191; the classic NAT black hole).
+#[test]
+fn path_mtu_discovery_works_through_the_gateway() {
+    let mut s = setup();
+    let far_ns = s.t.namespaces.add("far");
+    let t = &s.t;
+    let p = &t.namespaces.prefix;
+    let router = integration_tests::netns::End {
+        ns: t.internet.ns.clone(),
+        ifname: format!("{p}r"),
+        mac: [0x02, 0xee, 0, 0, 0, 0x21],
+        addr: Ipv4Addr::new(192, 0, 2, 1),
+        prefix_len: 24,
+    };
+    let far = integration_tests::netns::End {
+        ns: far_ns.clone(),
+        ifname: format!("{p}x"),
+        mac: [0x02, 0xee, 0, 0, 0, 0x22],
+        addr: Ipv4Addr::new(192, 0, 2, 2),
+        prefix_len: 24,
+    };
+    integration_tests::netns::veth(&router, &far);
+    // The bottleneck is the router's side: the far host still advertises
+    // an MSS for 1500, so only PMTU discovery can find it.
+    ns_sh(
+        &router.ns,
+        &["ip", "link", "set", &router.ifname, "mtu", "1280"],
+    );
+    ns_sh(&router.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ns_sh(
+        &far.ns,
+        &["ip", "route", "add", "default", "via", "192.0.2.1"],
+    );
+    ns_sh(
+        &t.gw_public.ns,
+        &["ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.2"],
+    );
+
+    let listener = in_netns(&far.ns, || TcpListener::bind("0.0.0.0:9000").unwrap());
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let before = s.agent.stats();
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            let (mut conn, peer) = accept_within(&listener, TIMEOUT);
+            assert_eq!(peer.ip(), t.eip);
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut got = vec![0u8; data.len()];
+            conn.read_exact(&mut got)
+                .expect("the whole transfer arrives");
+            assert!(got == data);
+        });
+        let mut c = in_netns(&t.instance.ns, || {
+            TcpStream::connect_timeout(&SocketAddr::V4(sa(far.addr, 9000)), TIMEOUT)
+                .expect("connect to the far host")
+        });
+        c.set_write_timeout(Some(TIMEOUT)).unwrap();
+        c.write_all(&data).unwrap();
+        server.join().unwrap();
+    });
+    let route = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.instance.ns,
+            "ip",
+            "route",
+            "get",
+            "192.0.2.2",
+        ])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("mtu 1280"),
+        "the instance learnt the path MTU: {route}"
+    );
+    let after = s.agent.stats();
+    assert!(after.translated("inbound") > before.translated("inbound"));
+}
