@@ -8,24 +8,18 @@ pub const CONFIG: &str = "CONFIG";
 /// `DevMapHash` keyed by ifindex: the interfaces the fast path may redirect
 /// to. An egress missing here falls back to the kernel.
 pub const TX_PORTS: &str = "TX_PORTS";
-/// `HashMap<[u8; 4], NatEntry>`: EIP → private IP (inbound translation).
-pub const EIP_TO_PRIVATE: &str = "EIP_TO_PRIVATE";
-/// `HashMap<[u8; 4], NatEntry>`: private IP → EIP (outbound translation).
-pub const PRIVATE_TO_EIP: &str = "PRIVATE_TO_EIP";
+/// `HashMap<[u8; 4], AddrEntry>`: every EIP and every associated private
+/// IP, with what it is. One map, so that each address a packet carries is
+/// one lookup: the destination (translate) and the source (translate, or
+/// refuse as spoofed), in both directions.
+pub const ADDRESSES: &str = "ADDRESSES";
 /// `PerCpuArray<VerdictCounter>` indexed by [`verdict_index`].
 pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
-/// `PerCpuArray<EipCounters>` indexed by [`NatEntry::slot`].
+/// `PerCpuArray<EipCounters>` indexed by an association's slot.
 pub const EIP_COUNTERS: &str = "EIP_COUNTERS";
 
 /// Every map name, for checks that the object and the agent agree.
-pub const ALL_MAPS: [&str; 6] = [
-    CONFIG,
-    TX_PORTS,
-    EIP_TO_PRIVATE,
-    PRIVATE_TO_EIP,
-    VERDICT_COUNTERS,
-    EIP_COUNTERS,
-];
+pub const ALL_MAPS: [&str; 5] = [CONFIG, TX_PORTS, ADDRESSES, VERDICT_COUNTERS, EIP_COUNTERS];
 
 /// Default capacity of the association tables; the agent can change it at
 /// load time (`--max-associations`). The per-EIP counters are a per-CPU
@@ -96,18 +90,45 @@ impl Config {
     }
 }
 
-/// Value of both translation maps: the address on the other side, and the
-/// index of the association's counters in [`EIP_COUNTERS`].
+/// [`AddrEntry::flags`]: the address is an associated EIP.
+pub const ADDR_IS_EIP: u32 = 1;
+/// [`AddrEntry::flags`]: the address is a private IP that carries an EIP.
+pub const ADDR_IS_PRIVATE: u32 = 2;
+
+/// Value of [`ADDRESSES`]. The association rules keep an address in one
+/// role; both halves exist so that a lookup answers either question.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AddrEntry {
+    /// `ADDR_IS_*` bits saying which halves below are valid.
+    pub flags: u32,
+    /// As an EIP: the private IP it translates to, and the counter slot.
+    pub private_ip: Ipv4Key,
+    pub eip_slot: u32,
+    /// As a private IP: its EIP, and the counter slot.
+    pub eip: Ipv4Key,
+    pub private_slot: u32,
+    /// Explicit padding, always 0.
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<AddrEntry>() == 24);
+
+impl AddrEntry {
+    pub const fn is_eip(&self) -> bool {
+        self.flags & ADDR_IS_EIP != 0
+    }
+    pub const fn is_private(&self) -> bool {
+        self.flags & ADDR_IS_PRIVATE != 0
+    }
+}
+
+/// One rewrite the datapath makes: the new address, and whose counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
-    /// EIP (in `PRIVATE_TO_EIP`) or private IP (in `EIP_TO_PRIVATE`).
     pub addr: Ipv4Key,
-    /// Counter slot, shared by both directions of one association.
     pub slot: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 8);
 
 /// Packets and bytes (whole frames) per (direction, verdict).
 #[repr(C)]
@@ -155,7 +176,7 @@ mod pod {
     // and have no padding: sizes are asserted above and bytemuck's Pod
     // derive refuses any type with padding.
     unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::AddrEntry {}
     unsafe impl aya::Pod for super::VerdictCounter {}
     unsafe impl aya::Pod for super::EipCounters {}
 }

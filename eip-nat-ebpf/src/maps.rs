@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use eip_nat_common::{
     maps::{Ipv4Key, DEFAULT_MAX_ASSOCIATIONS, MAX_TX_PORTS, VERDICT_COUNTERS_LEN},
-    Config, Direction, EipCounters, NatEntry, VerdictCounter,
+    AddrEntry, Config, Direction, EipCounters, VerdictCounter,
 };
 
 #[map(name = "CONFIG")]
@@ -17,13 +17,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
 // Sizes below are defaults; the agent resizes the association maps at load.
-#[map(name = "EIP_TO_PRIVATE")]
-pub static EIP_TO_PRIVATE: HashMap<Ipv4Key, NatEntry> =
-    HashMap::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
-
-#[map(name = "PRIVATE_TO_EIP")]
-pub static PRIVATE_TO_EIP: HashMap<Ipv4Key, NatEntry> =
-    HashMap::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+#[map(name = "ADDRESSES")]
+pub static ADDRESSES: HashMap<Ipv4Key, AddrEntry> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_ASSOCIATIONS, 0);
 
 #[map(name = "VERDICT_COUNTERS")]
 pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =

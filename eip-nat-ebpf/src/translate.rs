@@ -13,12 +13,11 @@ use eip_nat_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
-use aya_ebpf::maps::HashMap;
-use eip_nat_common::{maps::Ipv4Key, NatEntry};
+use eip_nat_common::{maps::Ipv4Key, AddrEntry, NatEntry};
 
 use crate::{
     forward, icmp,
-    maps::{EIP_TO_PRIVATE, PRIVATE_TO_EIP},
+    maps::ADDRESSES,
     packet::{holds, ptr_at},
     stats,
 };
@@ -120,12 +119,13 @@ struct Rewrite {
 }
 
 #[inline(always)]
-fn lookup(table: &HashMap<Ipv4Key, NatEntry>, addr: &Ipv4Key) -> Option<NatEntry> {
+fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
     // SAFETY: copied out at once; the agent replaces entries whole.
-    unsafe { table.get(addr) }.copied()
+    unsafe { ADDRESSES.get(addr) }.copied()
 }
 
-/// What to rewrite, or why the packet is dropped.
+/// What to rewrite, or why the packet is dropped: one lookup for the
+/// source, one for the destination.
 ///
 /// Public side: destination EIP → private IP. A source that is one of our
 /// EIPs or private IPs cannot come from the Internet: dropped as spoofed
@@ -137,26 +137,31 @@ fn lookup(table: &HashMap<Ipv4Key, NatEntry>, addr: &Ipv4Key) -> Option<NatEntry
 /// the reply takes the same way back. A source that is an EIP is spoofed.
 #[inline(always)]
 fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, Verdict> {
-    if direction == Direction::Inbound {
-        if lookup(&EIP_TO_PRIVATE, &src).is_some() {
+    let mut rewrite = Rewrite {
+        src: None,
+        dst: None,
+    };
+    if let Some(s) = lookup(&src) {
+        if direction == Direction::Outbound && s.is_private() {
+            rewrite.src = Some(NatEntry {
+                addr: s.eip,
+                slot: s.private_slot,
+            });
+        } else if s.is_eip() {
             return Err(Verdict::DropSpoofedEip);
-        }
-        if lookup(&PRIVATE_TO_EIP, &src).is_some() {
+        } else if direction == Direction::Inbound {
             return Err(Verdict::DropSpoofedPrivate);
         }
-        return Ok(Rewrite {
-            src: None,
-            dst: lookup(&EIP_TO_PRIVATE, &dst),
-        });
     }
-    let src_entry = lookup(&PRIVATE_TO_EIP, &src);
-    if src_entry.is_none() && lookup(&EIP_TO_PRIVATE, &src).is_some() {
-        return Err(Verdict::DropSpoofedEip);
+    if let Some(d) = lookup(&dst) {
+        if d.is_eip() {
+            rewrite.dst = Some(NatEntry {
+                addr: d.private_ip,
+                slot: d.eip_slot,
+            });
+        }
     }
-    Ok(Rewrite {
-        src: src_entry,
-        dst: lookup(&EIP_TO_PRIVATE, &dst),
-    })
+    Ok(rewrite)
 }
 
 /// Rewrites one address and patches the IPv4 and L4 checksums for it.

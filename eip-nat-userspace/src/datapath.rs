@@ -9,7 +9,8 @@ use aya::{
 };
 use eip_nat_common::{
     maps::{self as names, verdict_index, Ipv4Key},
-    Config, Direction, EipCounters, NatEntry, Verdict, VerdictCounter,
+    maps::{ADDR_IS_EIP, ADDR_IS_PRIVATE},
+    AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
 
@@ -93,8 +94,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     tx_ports: DevMapHash<MapData>,
-    eip_to_private: HashMap<MapData, Ipv4Key, NatEntry>,
-    private_to_eip: HashMap<MapData, Ipv4Key, NatEntry>,
+    addresses: HashMap<MapData, Ipv4Key, AddrEntry>,
     verdicts: PerCpuArray<MapData, VerdictCounter>,
     eip_counters: PerCpuArray<MapData, EipCounters>,
 }
@@ -123,8 +123,8 @@ impl Datapath {
     pub fn load(opts: LoadOptions) -> Result<Self, DatapathError> {
         let level = opts.kernel_log_level as u8;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EIP_TO_PRIVATE, opts.max_associations)
-            .map_max_entries(names::PRIVATE_TO_EIP, opts.max_associations)
+            // Each association has two addresses.
+            .map_max_entries(names::ADDRESSES, opts.max_associations.saturating_mul(2))
             .map_max_entries(names::EIP_COUNTERS, opts.max_associations)
             .override_global(aya_log::LEVEL, &level, false)
             .load(OBJECT)
@@ -140,8 +140,7 @@ impl Datapath {
         Ok(Self {
             config: take(&mut ebpf, names::CONFIG)?,
             tx_ports: take(&mut ebpf, names::TX_PORTS)?,
-            eip_to_private: take(&mut ebpf, names::EIP_TO_PRIVATE)?,
-            private_to_eip: take(&mut ebpf, names::PRIVATE_TO_EIP)?,
+            addresses: take(&mut ebpf, names::ADDRESSES)?,
             verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
             eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
             ebpf,
@@ -212,8 +211,29 @@ impl Datapath {
         }
     }
 
-    /// Installs an association: counters zeroed first, then both directions.
-    /// On failure nothing is left behind.
+    /// The entry of `addr`, if any.
+    fn entry(&self, addr: Ipv4Addr) -> Result<Option<AddrEntry>, DatapathError> {
+        match self.addresses.get(&key(addr), 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::ADDRESSES)(e)),
+        }
+    }
+
+    /// Writes `addr`'s entry, or deletes it when no role is left.
+    fn put(&mut self, addr: Ipv4Addr, e: AddrEntry) -> Result<(), DatapathError> {
+        let r = if e.flags == 0 {
+            self.addresses.remove(&key(addr))
+        } else {
+            self.addresses.insert(key(addr), e, 0)
+        };
+        r.map_err(map_err(names::ADDRESSES))
+    }
+
+    /// Installs an association: counters zeroed first, then the private
+    /// IP's entry (outbound), then the EIP's (inbound). Each entry is
+    /// replaced whole, so the datapath never sees half of one; on failure
+    /// nothing is left behind.
     pub fn insert(&mut self, a: &Association) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         let zero = PerCpuValues::try_from(vec![EipCounters::default(); cpus])
@@ -221,44 +241,51 @@ impl Datapath {
         self.eip_counters
             .set(a.slot, zero, 0)
             .map_err(map_err(names::EIP_COUNTERS))?;
-        let out = NatEntry {
-            addr: key(a.eip),
-            slot: a.slot,
-        };
-        let inb = NatEntry {
-            addr: key(a.private_ip),
-            slot: a.slot,
-        };
-        self.private_to_eip
-            .insert(key(a.private_ip), out, 0)
-            .map_err(map_err(names::PRIVATE_TO_EIP))?;
-        if let Err(e) = self.eip_to_private.insert(key(a.eip), inb, 0) {
-            let _ = self.private_to_eip.remove(&key(a.private_ip));
-            return Err(map_err(names::EIP_TO_PRIVATE)(e));
+        let private_before = self.entry(a.private_ip)?;
+        let mut private = private_before.unwrap_or_default();
+        private.flags |= ADDR_IS_PRIVATE;
+        private.eip = key(a.eip);
+        private.private_slot = a.slot;
+        self.put(a.private_ip, private)?;
+        let mut eip = self.entry(a.eip)?.unwrap_or_default();
+        eip.flags |= ADDR_IS_EIP;
+        eip.private_ip = key(a.private_ip);
+        eip.eip_slot = a.slot;
+        if let Err(e) = self.put(a.eip, eip) {
+            let _ = self.put(a.private_ip, private_before.unwrap_or_default());
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Removes an association; inbound first, so the EIP stops reaching the
+    /// Removes an association; the EIP first, so it stops reaching the
     /// private IP before anything else changes.
     pub fn remove(&mut self, a: &Association) -> Result<(), DatapathError> {
-        self.eip_to_private
-            .remove(&key(a.eip))
-            .map_err(map_err(names::EIP_TO_PRIVATE))?;
-        self.private_to_eip
-            .remove(&key(a.private_ip))
-            .map_err(map_err(names::PRIVATE_TO_EIP))
+        if let Some(mut e) = self.entry(a.eip)? {
+            e.flags &= !ADDR_IS_EIP;
+            e.private_ip = [0; 4];
+            e.eip_slot = 0;
+            self.put(a.eip, e)?;
+        }
+        if let Some(mut p) = self.entry(a.private_ip)? {
+            p.flags &= !ADDR_IS_PRIVATE;
+            p.eip = [0; 4];
+            p.private_slot = 0;
+            self.put(a.private_ip, p)?;
+        }
+        Ok(())
     }
 
-    /// Entries of both maps, for checks that they agree with the agent.
-    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, NatEntry, Option<NatEntry>)>, DatapathError> {
-        let mut out = Vec::new();
-        for item in self.eip_to_private.iter() {
-            let (eip, inb) = item.map_err(map_err(names::EIP_TO_PRIVATE))?;
-            let back = self.private_to_eip.get(&inb.addr, 0).ok();
-            out.push((Ipv4Addr::from(eip), inb, back));
-        }
-        Ok(out)
+    /// Every entry of the address map, for checks that it agrees with the
+    /// agent's table.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, AddrEntry)>, DatapathError> {
+        self.addresses
+            .iter()
+            .map(|item| {
+                item.map(|(k, v)| (Ipv4Addr::from(k), v))
+                    .map_err(map_err(names::ADDRESSES))
+            })
+            .collect()
     }
 
     /// Global counters, summed over CPUs, for every (direction, verdict).

@@ -17,8 +17,7 @@ use crate::datapath::{map_err, take, DatapathError, OBJECT};
 /// and returns it with the program loaded.
 fn load(program: &'static str) -> Result<Ebpf, DatapathError> {
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::EIP_TO_PRIVATE, 1)
-        .map_max_entries(names::PRIVATE_TO_EIP, 1)
+        .map_max_entries(names::ADDRESSES, 1)
         .map_max_entries(names::EIP_COUNTERS, 1)
         .load(OBJECT)
         .map_err(DatapathError::Load)?;

@@ -492,14 +492,27 @@ fn maps_agree_with_the_table() {
             Ipv4Addr::new(10, 200, 0, 12)
         )
         .is_err());
-    let mut entries = h.gw.datapath_mut().entries().unwrap();
-    entries.sort_by_key(|e| e.0);
-    assert_eq!(entries.len(), 2, "a refused request left nothing behind");
-    for (eip, inb, back) in entries {
-        let back = back.expect("both directions present");
-        assert_eq!(back.addr, eip.octets());
-        assert_eq!(back.slot, inb.slot);
+    let entries: std::collections::HashMap<_, _> =
+        h.gw.datapath_mut().entries().unwrap().into_iter().collect();
+    assert_eq!(
+        entries.len(),
+        4,
+        "two associations, two addresses each; a refused request left nothing"
+    );
+    for (addr, e) in &entries {
+        // Each address has exactly one role, and its partner points back.
+        if e.is_eip() {
+            assert!(!e.is_private(), "{addr}");
+            let p = &entries[&Ipv4Addr::from(e.private_ip)];
+            assert!(p.is_private() && p.eip == addr.octets() && p.private_slot == e.eip_slot);
+        } else {
+            assert!(e.is_private(), "{addr}");
+            assert!(entries[&Ipv4Addr::from(e.eip)].is_eip());
+        }
     }
+    // Disassociating removes both addresses.
+    h.gw.disassociate(Ipv4Addr::new(203, 0, 113, 11)).unwrap();
+    assert_eq!(h.gw.datapath_mut().entries().unwrap().len(), 2);
 }
 
 // ---- The fast path: FIB lookup, TTL, MACs, redirect, and each fallback ----
