@@ -36,21 +36,19 @@ fn addr(base: [u8; 4], k: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from_be_bytes(base) + k)
 }
 
+/// Rounds of [`per_packet`]'s cases.
+const ROUNDS: usize = 7;
+
+/// Average ns per run over REPEAT runs, as the kernel measures it.
 fn ns_per_packet(program: &mut Xdp, frame: &[u8]) -> f64 {
-    let mut runs: Vec<f64> = (0..5)
-        .map(|_| {
-            let r = program
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    repeat: REPEAT,
-                    ..Default::default()
-                })
-                .expect("test run");
-            r.duration.as_nanos() as f64
+    let r = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: REPEAT,
+            ..Default::default()
         })
-        .collect();
-    runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    runs[2]
+        .expect("test run");
+    r.duration.as_nanos() as f64
 }
 
 /// Loads the datapath with `n` associations; the measured one, E0 ↔ P0, is
@@ -89,17 +87,24 @@ pub fn per_packet() -> Vec<Row> {
     let (e0, p0) = (addr([11, 0, 0, 0], 0), addr([10, 1, 0, 0], 0));
     let inbound = udp(inet, 40000, e0, 53, &[0u8; 18], true).frame();
     let outbound = udp(p0, 53, inet, 40000, &[0u8; 18], true).frame();
-    let unmapped = udp(
-        inet,
-        40000,
-        Ipv4Addr::new(203, 0, 113, 250),
-        53,
-        &[0u8; 18],
-        true,
-    )
-    .frame();
+    let other = Ipv4Addr::new(203, 0, 113, 250);
+    let unmapped = udp(inet, 40000, other, 53, &[0u8; 18], true).frame();
     let mut arp = unmapped.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    // (name, public ifindex, private ifindex, frame); None = the no-op.
+    let cases: [(&'static str, u32, u32, &[u8]); 5] = [
+        ("translate inbound (EIP → private)", lo, 0, &inbound),
+        ("translate outbound (private → EIP)", 0, lo, &outbound),
+        ("pass (no mapping)", lo, 0, &unmapped),
+        // Bisecting the pass path: each row below stops one step earlier.
+        ("pass (not IPv4: role, Ethernet, counter)", lo, 0, &arp),
+        (
+            "pass (unknown interface: role lookup, counter)",
+            0,
+            0,
+            &unmapped,
+        ),
+    ];
     let mut rows = Vec::new();
     for n in [1u32, 1_000, 1_000_000] {
         eprintln!("micro: {n} mappings…");
@@ -107,54 +112,31 @@ pub fn per_packet() -> Vec<Row> {
         let mut dp = loaded(n);
         eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
         let mut pass = eip_nat::rig::PassProgram::load_only().expect("xdp_pass");
-        let noop = ns_per_packet(pass.program(), &inbound);
-        let mut case =
-            |dp: &mut Datapath, name: &'static str, public: u32, private: u32, frame: &[u8]| {
+        // Rounds over all cases, so a slow spell of this virtual CPU hits
+        // every case alike; each case keeps its fastest round.
+        let mut best = [f64::MAX; 6];
+        for _ in 0..ROUNDS {
+            for (i, (_, public, private, frame)) in cases.iter().enumerate() {
                 dp.set_config(Config {
-                    public_ifindex: public,
-                    private_ifindex: private,
+                    public_ifindex: *public,
+                    private_ifindex: *private,
                     flags: 0,
                     reserved: 0,
                 })
                 .unwrap();
-                let ns = ns_per_packet(dp.program_mut(), frame);
-                rows.push(Row {
-                    case: name,
-                    mappings: n,
-                    ns_per_packet: ns,
-                    ratio_to_noop: ns / noop,
-                });
-            };
-        case(
-            &mut dp,
-            "translate inbound (EIP → private)",
-            lo,
-            0,
-            &inbound,
-        );
-        case(
-            &mut dp,
-            "translate outbound (private → EIP)",
-            0,
-            lo,
-            &outbound,
-        );
-        case(&mut dp, "pass (no mapping)", lo, 0, &unmapped);
-        // Bisecting the pass path: each row below stops one step earlier.
-        case(
-            &mut dp,
-            "pass (not IPv4: role, Ethernet, counter)",
-            lo,
-            0,
-            &arp,
-        );
-        case(
-            &mut dp,
-            "pass (unknown interface: role lookup, counter)",
-            0,
-            0,
-            &unmapped,
-        );
+                best[i] = best[i].min(ns_per_packet(dp.program_mut(), frame));
+            }
+            best[5] = best[5].min(ns_per_packet(pass.program(), &inbound));
+        }
+        let noop = best[5];
+        for (i, (name, ..)) in cases.iter().enumerate() {
+            rows.push(Row {
+                case: name,
+                mappings: n,
+                ns_per_packet: best[i],
+                ratio_to_noop: best[i] / noop,
+            });
+        }
         rows.push(Row {
             case: "no-op XDP program",
             mappings: n,
@@ -167,7 +149,7 @@ pub fn per_packet() -> Vec<Row> {
 
 pub fn table(rows: &[Row]) -> String {
     let mut md = String::new();
-    writeln!(md, "Per-packet cost, BPF_PROG_TEST_RUN, repeat {REPEAT}, median of 5 runs, slow-path configuration (translation without the FIB lookup):\n").unwrap();
+    writeln!(md, "Per-packet cost, BPF_PROG_TEST_RUN, repeat {REPEAT}, fastest of {ROUNDS} interleaved rounds, slow-path configuration (translation without the FIB lookup):\n").unwrap();
     writeln!(
         md,
         "| case | mappings | ns/packet | ÷ no-op |\n|---|---:|---:|---:|"
