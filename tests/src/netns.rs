@@ -155,29 +155,40 @@ pub fn veth(a: &End, b: &End) {
         &mac_str(b.mac),
     ]);
     for (me, peer) in [(a, b), (b, a)] {
-        let cidr = format!("{}/{}", me.addr, me.prefix_len);
-        ns_sh(&me.ns, &["ip", "addr", "add", &cidr, "dev", &me.ifname]);
-        ns_sh(
-            &me.ns,
-            &["ethtool", "-K", &me.ifname, "tx", "off", "rx", "off"],
-        );
-        ns_sh(&me.ns, &["ip", "link", "set", &me.ifname, "up"]);
-        ns_sh(
-            &me.ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &peer.addr.to_string(),
-                "lladdr",
-                &mac_str(peer.mac),
-                "dev",
-                &me.ifname,
-                "nud",
-                "permanent",
-            ],
-        );
+        bring_up(me);
+        permanent_neighbour(me, peer);
     }
+}
+
+/// Gives `e` its address, turns its checksum offload off and brings it up.
+fn bring_up(e: &End) {
+    let cidr = format!("{}/{}", e.addr, e.prefix_len);
+    ns_sh(&e.ns, &["ip", "addr", "add", &cidr, "dev", &e.ifname]);
+    ns_sh(
+        &e.ns,
+        &["ethtool", "-K", &e.ifname, "tx", "off", "rx", "off"],
+    );
+    ns_sh(&e.ns, &["ip", "link", "set", &e.ifname, "up"]);
+}
+
+/// A permanent neighbour entry on `me` for `peer`: no ARP in the tests.
+fn permanent_neighbour(me: &End, peer: &End) {
+    let (addr, mac) = (peer.addr.to_string(), mac_str(peer.mac));
+    ns_sh(
+        &me.ns,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &mac,
+            "dev",
+            &me.ifname,
+            "nud",
+            "permanent",
+        ],
+    );
 }
 
 /// The standard three-namespace topology of the tests and the demo:
@@ -352,41 +363,11 @@ impl TwoInstances {
             ]);
             ns_sh(&vpc, &["ip", "link", "set", &port, "master", "br0"]);
             ns_sh(&vpc, &["ip", "link", "set", &port, "up"]);
-            ns_sh(
-                &e.ns,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}/24", e.addr),
-                    "dev",
-                    &e.ifname,
-                ],
-            );
-            ns_sh(
-                &e.ns,
-                &["ethtool", "-K", &e.ifname, "tx", "off", "rx", "off"],
-            );
-            ns_sh(&e.ns, &["ip", "link", "set", &e.ifname, "up"]);
+            bring_up(e);
         }
         for inst in &instances {
-            for (me, peer) in [(inst, &gw_private), (&gw_private, inst)] {
-                ns_sh(
-                    &me.ns,
-                    &[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        &peer.addr.to_string(),
-                        "lladdr",
-                        &mac_str(peer.mac),
-                        "dev",
-                        &me.ifname,
-                        "nud",
-                        "permanent",
-                    ],
-                );
-            }
+            permanent_neighbour(inst, &gw_private);
+            permanent_neighbour(&gw_private, inst);
             ns_sh(
                 &inst.ns,
                 &["ip", "route", "add", "default", "via", "10.200.0.1"],
