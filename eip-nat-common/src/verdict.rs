@@ -51,8 +51,9 @@ pub enum Verdict {
     DropSpoofedEip = 14,
     /// Source is an associated private IP, arriving from the Internet.
     DropSpoofedPrivate = 15,
-    /// An ICMP error to translate whose quoted packet is missing, cut short
-    /// (less than its IPv4 header and 8 bytes, RFC 792) or not IPv4.
+    /// An ICMP message to translate shorter than its 4-byte header, or an
+    /// ICMP error whose quoted packet is missing, cut short (less than its
+    /// IPv4 header and 8 bytes, RFC 792) or not IPv4.
     IcmpErrorTruncated = 16,
     /// An ICMP error quoting a non-first fragment: no ports to match.
     IcmpErrorInnerFragment = 17,

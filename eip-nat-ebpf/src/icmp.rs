@@ -41,6 +41,10 @@ pub struct Quoted {
 #[inline(always)]
 pub fn quoted_packet(ctx: &XdpContext, hlen: usize, tot_len: u16) -> Result<Quoted, Verdict> {
     let at = ETH_HLEN + hlen;
+    // Within the datagram, not just the frame: link padding is not ICMP.
+    if hlen + 4 > tot_len as usize {
+        return Err(Verdict::IcmpErrorTruncated);
+    }
     let Some(head) = ptr_at::<[u8; 4]>(ctx, at) else {
         return Err(Verdict::IcmpErrorTruncated);
     };

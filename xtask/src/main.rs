@@ -29,6 +29,14 @@ enum Command {
     Test,
     /// Build, then show translation on a small namespace topology.
     Demo,
+    /// Build, then run N random and mutated packets through the loaded
+    /// program and the reference model; prints the seed, which reproduces.
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Build, then measure eip-nat beside its peers; writes
     /// target/bench/results.{md,json}.
     Bench {
@@ -57,6 +65,11 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             build::all()?;
             build::demo()
+        }
+        Command::Fuzz { packets, seed } => {
+            bootstrap::run()?;
+            build::all()?;
+            test::fuzz(packets, seed)
         }
         Command::Bench { quick, only } => {
             bootstrap::run()?;

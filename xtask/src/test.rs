@@ -19,6 +19,29 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
+/// `cargo xtask fuzz`: the differential test with a chosen size and seed.
+pub fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
+    if !is_root() {
+        bail!("the differential test loads the BPF program: run it as root");
+    }
+    let mut c = cargo(&[
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "integration-tests",
+        "--test",
+        "differential",
+        "--",
+        "--nocapture",
+    ]);
+    c.env("EIP_NAT_FUZZ_PACKETS", packets.to_string());
+    if let Some(seed) = seed {
+        c.env("EIP_NAT_FUZZ_SEED", seed.to_string());
+    }
+    cmd::run(&mut c)
+}
+
 /// One of the root-only test binaries of the `tests` crate.
 fn root_test(name: &str) -> Command {
     cargo(&[
@@ -74,8 +97,8 @@ pub fn run() -> Result<()> {
             ],
         ),
         (
-            "datapath tests (BPF_PROG_TEST_RUN)",
-            vec![root_test("datapath")],
+            "datapath tests (BPF_PROG_TEST_RUN): fixtures, and 100,000 packets against the reference model",
+            vec![root_test("datapath"), root_test("differential")],
         ),
         (
             "netns integration tests (real agent, real traffic)",
