@@ -116,8 +116,26 @@ fn valid(r: &mut Rng) -> Ipv4 {
 /// A frame to test: valid, or valid and then damaged, or noise.
 fn frame(r: &mut Rng) -> Vec<u8> {
     let mut f = valid(r).frame();
-    match r.below(10) {
+    match r.below(12) {
         0..=4 => {}
+        // 802.1Q tag in front of the IPv4 header: passed untouched.
+        10 => {
+            let inner = f.split_off(12);
+            f.extend([0x81, 0x00, 0x00, r.next() as u8]);
+            f.extend(inner);
+        }
+        // A wrong IPv4 header checksum, or a wrong TCP/UDP/ICMP one: the
+        // incremental updates must carry the error, not repair it.
+        11 => {
+            let at = if r.chance(50) {
+                24
+            } else {
+                14 + 20 + r.below(20) as usize
+            };
+            if at + 1 < f.len() {
+                f[at] ^= 0x5a;
+            }
+        }
         5 => f.truncate(14 + r.below(f.len() as u64 - 13) as usize),
         6 => {
             for _ in 0..1 + r.below(4) {
