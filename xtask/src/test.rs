@@ -98,7 +98,12 @@ pub fn run() -> Result<()> {
         ),
         (
             "datapath tests (BPF_PROG_TEST_RUN): fixtures, and 100,000 packets against the reference model",
-            vec![root_test("datapath"), root_test("differential")],
+            vec![root_test("datapath"), {
+                // --nocapture: the seed is printed even when it passes.
+                let mut c = root_test("differential");
+                c.args(["--", "--nocapture"]);
+                c
+            }],
         ),
         (
             "netns integration tests (real agent, real traffic)",
