@@ -46,7 +46,10 @@ struct Rig {
     _namespaces: Namespaces,
 }
 
-fn rig() -> Rig {
+fn rig(direct: bool) -> Rig {
+    if direct {
+        return direct_rig();
+    }
     let mut namespaces = Namespaces::new();
     let p = namespaces.prefix.clone();
     let gen_ns = namespaces.add("gen");
@@ -100,8 +103,39 @@ fn rig() -> Rig {
     }
 }
 
+/// generator ── sink, no gateway: what the rig itself costs per frame.
+/// The gateway fields name the sink, the generator's only neighbour.
+fn direct_rig() -> Rig {
+    let mut namespaces = Namespaces::new();
+    let p = namespaces.prefix.clone();
+    let gen_ns = namespaces.add("gen");
+    let sink_ns = namespaces.add("sink");
+    let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| End {
+        ns: ns.to_string(),
+        ifname: format!("{p}{suffix}"),
+        mac: [0x02, 0xbe, 0, 0, 0, last],
+        addr: Ipv4Addr::from(addr),
+        prefix_len: 24,
+    };
+    let gen = end(&gen_ns, "g", 1, [198, 51, 100, 2]);
+    let sink = end(&sink_ns, "s", 4, [198, 51, 100, 1]);
+    veth(&gen, &sink);
+    for e in [&gen, &sink] {
+        ns_sh(&e.ns, &["ethtool", "-K", &e.ifname, "gro", "on"]);
+    }
+    Rig {
+        gw_public: sink.clone(),
+        gw_private: sink.clone(),
+        gen,
+        sink,
+        _namespaces: namespaces,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 enum Peer {
+    /// No gateway at all: the rig's own cost per frame.
+    Direct,
     NoopRedirect,
     KernelForwarding,
     NftStateless,
@@ -111,7 +145,8 @@ enum Peer {
 }
 
 impl Peer {
-    const ALL: [Peer; 6] = [
+    const ALL: [Peer; 7] = [
+        Self::Direct,
         Self::NoopRedirect,
         Self::KernelForwarding,
         Self::NftStateless,
@@ -122,6 +157,7 @@ impl Peer {
 
     fn key(self) -> &'static str {
         match self {
+            Self::Direct => "direct",
             Self::NoopRedirect => "noop",
             Self::KernelForwarding => "kernel",
             Self::NftStateless => "nft-stateless",
@@ -133,6 +169,7 @@ impl Peer {
 
     fn label(self) -> &'static str {
         match self {
+            Self::Direct => "(0) no gateway: generator → sink (the rig's own cost)",
             Self::NoopRedirect => "(a) XDP no-op redirect (ceiling)",
             Self::KernelForwarding => "(b) kernel IPv4 forwarding, no NAT",
             Self::NftStateless => "(c) nftables stateless NAT (notrack)",
@@ -146,7 +183,7 @@ impl Peer {
     /// which has nothing to translate and is sent the private IPs.
     fn dst_base(self) -> [u8; 4] {
         match self {
-            Self::KernelForwarding => PRIVATE_BASE,
+            Self::KernelForwarding | Self::Direct => PRIVATE_BASE,
             _ => EIP_BASE,
         }
     }
@@ -190,7 +227,7 @@ fn start_peer(peer: Peer, r: &Rig) -> Gateway {
                     .expect("attach no-op"),
             )
         }
-        Peer::KernelForwarding => Gateway::Kernel,
+        Peer::KernelForwarding | Peer::Direct => Gateway::Kernel,
         Peer::NftStateless => {
             // Stateless: rewrite by map in prerouting, conntrack off.
             nft(
@@ -301,7 +338,7 @@ fn pin_self(cpu: usize) {
 }
 
 fn measure(peer: Peer, flows: u32, reps: usize, secs: f64) -> Measurement {
-    let r = rig();
+    let r = rig(peer == Peer::Direct);
     let _gateway = start_peer(peer, &r);
     let (prefix, len) = peer.sink_expects();
     let sink = in_netns(&r.sink.ns, || Sink::attach(&r.sink.ifname, prefix, len)).expect("sink");
@@ -358,6 +395,54 @@ fn measure(peer: Peer, flows: u32, reps: usize, secs: f64) -> Measurement {
     }
     drop(sink);
     out
+}
+
+/// The rate table, and the gateway's own cost per frame: on this rig every
+/// frame's costs add up on one core, so a peer's cost is its time per frame
+/// minus the time per frame with no gateway at all (row 0).
+fn throughput_table(rows: &[Measurement]) -> String {
+    let mut md = String::new();
+    writeln!(
+        md,
+        "| peer | flows | Mpps (median) | spread | eip-nat rate ÷ peer's | gateway ns/frame | peer's cost ÷ eip-nat's |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
+    .unwrap();
+    for flows in [1u32, 65_536] {
+        let rate = |p: Peer| {
+            rows.iter()
+                .find(|m| m.flows == flows && m.peer == p)
+                .map(|m| median(&m.pps))
+        };
+        let (fast, direct) = (rate(Peer::EipNatFast), rate(Peer::Direct));
+        let cost = |pps: f64| direct.filter(|_| pps > 0.0).map(|d| 1e9 / pps - 1e9 / d);
+        let fast_cost = fast.and_then(cost);
+        for m in rows.iter().filter(|m| m.flows == flows) {
+            let med = median(&m.pps);
+            let ratio = match fast {
+                Some(f) if med > 0.0 => format!("{:.2}×", f / med),
+                _ => "–".into(),
+            };
+            let (own, rel) = match (m.peer, cost(med), fast_cost) {
+                (Peer::Direct, ..) => ("–".into(), "–".into()),
+                (_, Some(c), Some(f)) => (format!("{c:.0}"), format!("{:.2}×", c / f)),
+                _ => ("–".into(), "–".into()),
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} | {:.1} % | {} | {} | {} |",
+                m.peer.label(),
+                flows,
+                mpps(med),
+                spread(&m.pps),
+                ratio,
+                own,
+                rel
+            )
+            .unwrap();
+        }
+    }
+    md.push('\n');
+    md
 }
 
 fn mpps(x: f64) -> String {
@@ -443,34 +528,7 @@ fn main() {
                 report.throughput.push(m);
             }
         }
-        writeln!(md, "| peer | flows | Mpps (median) | spread | eip-nat fast path ÷ peer |\n|---|---:|---:|---:|---:|").unwrap();
-        for flows in [1u32, 65_536] {
-            let fast = report
-                .throughput
-                .iter()
-                .find(|m| m.flows == flows && m.peer == Peer::EipNatFast)
-                .map(|m| median(&m.pps))
-                .unwrap_or(0.0);
-            for m in report.throughput.iter().filter(|m| m.flows == flows) {
-                let med = median(&m.pps);
-                let ratio = if med > 0.0 {
-                    format!("{:.2}×", fast / med)
-                } else {
-                    "–".into()
-                };
-                writeln!(
-                    md,
-                    "| {} | {} | {} | {:.1} % | {} |",
-                    m.peer.label(),
-                    flows,
-                    mpps(med),
-                    spread(&m.pps),
-                    ratio
-                )
-                .unwrap();
-            }
-        }
-        md.push('\n');
+        md.push_str(&throughput_table(&report.throughput));
     }
     if only("micro") {
         report.micro = micro::per_packet();
