@@ -97,6 +97,20 @@ impl Namespaces {
     }
 }
 
+impl Namespaces {
+    /// An interface end in `ns` named `<prefix><suffix>`, with MAC
+    /// 02:<family>:00:00:00:<last> and address `addr`/24.
+    pub fn end(&self, ns: &str, suffix: &str, family: u8, last: u8, addr: [u8; 4]) -> End {
+        End {
+            ns: ns.to_string(),
+            ifname: format!("{}{suffix}", self.prefix),
+            mac: [0x02, family, 0, 0, 0, last],
+            addr: Ipv4Addr::from(addr),
+            prefix_len: 24,
+        }
+    }
+}
+
 impl Default for Namespaces {
     fn default() -> Self {
         Self::new()
@@ -215,21 +229,16 @@ pub struct Topology {
 impl Topology {
     pub fn new() -> Self {
         let mut namespaces = Namespaces::new();
-        let p = namespaces.prefix.clone();
         let inet = namespaces.add("inet");
         let gw = namespaces.add("gw");
         let inst = namespaces.add("inst");
-        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4], prefix_len| End {
-            ns: ns.to_string(),
-            ifname: format!("{p}{suffix}"),
-            mac: [0x02, 0xee, 0, 0, 0, last],
-            addr: Ipv4Addr::from(addr),
-            prefix_len,
+        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| {
+            namespaces.end(ns, suffix, 0xee, last, addr)
         };
-        let internet = end(&inet, "i", 0x01, [198, 51, 100, 2], 24);
-        let gw_public = end(&gw, "gp", 0x02, [198, 51, 100, 1], 24);
-        let gw_private = end(&gw, "gv", 0x03, [10, 200, 0, 1], 24);
-        let instance = end(&inst, "n", 0x04, [10, 200, 0, 10], 24);
+        let internet = end(&inet, "i", 0x01, [198, 51, 100, 2]);
+        let gw_public = end(&gw, "gp", 0x02, [198, 51, 100, 1]);
+        let gw_private = end(&gw, "gv", 0x03, [10, 200, 0, 1]);
+        let instance = end(&inst, "n", 0x04, [10, 200, 0, 10]);
         veth(&internet, &gw_public);
         veth(&gw_private, &instance);
         // The fast path redirects frames into the gateway's veths; a veth
@@ -321,12 +330,8 @@ impl TwoInstances {
         let vpc = namespaces.add("vpc");
         let ns1 = namespaces.add("i1");
         let ns2 = namespaces.add("i2");
-        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| End {
-            ns: ns.to_string(),
-            ifname: format!("{p}{suffix}"),
-            mac: [0x02, 0xef, 0, 0, 0, last],
-            addr: Ipv4Addr::from(addr),
-            prefix_len: 24,
+        let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| {
+            namespaces.end(ns, suffix, 0xef, last, addr)
         };
         let internet = end(&inet, "i", 1, [198, 51, 100, 2]);
         let gw_public = end(&gw, "gp", 2, [198, 51, 100, 1]);

@@ -51,16 +51,11 @@ fn rig(direct: bool) -> Rig {
         return direct_rig();
     }
     let mut namespaces = Namespaces::new();
-    let p = namespaces.prefix.clone();
     let gen_ns = namespaces.add("gen");
     let gw = namespaces.add("gw");
     let sink_ns = namespaces.add("sink");
-    let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| End {
-        ns: ns.to_string(),
-        ifname: format!("{p}{suffix}"),
-        mac: [0x02, 0xbe, 0, 0, 0, last],
-        addr: Ipv4Addr::from(addr),
-        prefix_len: 24,
+    let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| {
+        namespaces.end(ns, suffix, 0xbe, last, addr)
     };
     let gen = end(&gen_ns, "g", 1, [198, 51, 100, 2]);
     let gw_public = end(&gw, "gp", 2, [198, 51, 100, 1]);
@@ -107,15 +102,10 @@ fn rig(direct: bool) -> Rig {
 /// The gateway fields name the sink, the generator's only neighbour.
 fn direct_rig() -> Rig {
     let mut namespaces = Namespaces::new();
-    let p = namespaces.prefix.clone();
     let gen_ns = namespaces.add("gen");
     let sink_ns = namespaces.add("sink");
-    let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| End {
-        ns: ns.to_string(),
-        ifname: format!("{p}{suffix}"),
-        mac: [0x02, 0xbe, 0, 0, 0, last],
-        addr: Ipv4Addr::from(addr),
-        prefix_len: 24,
+    let end = |ns: &str, suffix: &str, last: u8, addr: [u8; 4]| {
+        namespaces.end(ns, suffix, 0xbe, last, addr)
     };
     let gen = end(&gen_ns, "g", 1, [198, 51, 100, 2]);
     let sink = end(&sink_ns, "s", 4, [198, 51, 100, 1]);
