@@ -18,9 +18,6 @@ pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
 /// `PerCpuArray<EipCounters>` indexed by an association's slot.
 pub const EIP_COUNTERS: &str = "EIP_COUNTERS";
 
-/// Every map name, for checks that the object and the agent agree.
-pub const ALL_MAPS: [&str; 5] = [CONFIG, TX_PORTS, ADDRESSES, VERDICT_COUNTERS, EIP_COUNTERS];
-
 /// Default capacity of the association tables; the agent can change it at
 /// load time (`--max-associations`). The per-EIP counters are a per-CPU
 /// array of this size, so memory grows with `capacity × CPUs × 32 bytes`.

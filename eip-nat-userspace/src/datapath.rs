@@ -172,12 +172,6 @@ impl Datapath {
             .map_err(|e| DatapathError::TxPort(ifindex, e))
     }
 
-    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        self.tx_ports
-            .remove(ifindex)
-            .map_err(map_err(names::TX_PORTS))
-    }
-
     /// Attaches to `iface`'s ingress and returns the mode in effect.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
         let program = self.program_mut();

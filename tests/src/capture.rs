@@ -55,16 +55,8 @@ impl Capture {
             tv_sec: 0,
             tv_usec: 50_000,
         };
-        // SAFETY: valid option pointer and size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
+        crate::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+            .expect("SO_RCVTIMEO on the capture socket");
         Self { fd }
     }
 

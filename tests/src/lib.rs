@@ -17,3 +17,28 @@ pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "these tests load BPF programs and create network namespaces: run them as root (cargo xtask test)");
 }
+
+/// `setsockopt(2)` with a typed value, failing with the OS error.
+pub fn setsockopt<T>(
+    fd: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is valid for reads of size_of::<T>() bytes, the size
+    // passed; the kernel copies it and keeps no reference.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

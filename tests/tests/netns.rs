@@ -13,7 +13,7 @@ use integration_tests::{
     capture::Capture,
     netns::{in_netns, ns_sh, Topology},
     packet::{parse_and_verify, Parsed, ICMP, UDP},
-    require_root,
+    require_root, setsockopt,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -639,23 +639,12 @@ fn missing_neighbour_falls_back_then_takes_the_fast_path() {
 }
 
 fn set_df(sock: &UdpSocket, df: bool) {
-    use std::os::fd::AsRawFd;
     let v: libc::c_int = if df {
         libc::IP_PMTUDISC_DO
     } else {
         libc::IP_PMTUDISC_DONT
     };
-    // SAFETY: valid socket fd and option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            &v as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
+    setsockopt(sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &v).expect("IP_MTU_DISCOVER");
 }
 
 /// ICMP errors captured on `c`: (type, code, the 4 bytes after the checksum).
@@ -816,21 +805,10 @@ both_paths!(hairpin_tcp: hairpin_between_instances_fast_path, hairpin_between_in
 /// with `ip_nonlocal_bind`, and IP_TRANSPARENT so the route lookup accepts
 /// the foreign source.
 fn spoofing_socket(ns: &str, addr: Ipv4Addr) -> UdpSocket {
-    use std::os::fd::AsRawFd;
     ns_sh(ns, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);
     let s = udp_socket(ns, sa(addr, 0));
     let one: libc::c_int = 1;
-    // SAFETY: valid socket fd and option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_TRANSPARENT,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "IP_TRANSPARENT: {}", std::io::Error::last_os_error());
+    setsockopt(&s, libc::IPPROTO_IP, libc::IP_TRANSPARENT, &one).expect("IP_TRANSPARENT");
     s
 }
 
