@@ -52,13 +52,19 @@ impl Direction {
     }
 }
 
+/// Counter slots per direction in [`VERDICT_COUNTERS`]: more than there are
+/// verdicts, so that a newer program with new verdicts still fits the
+/// pinned map an older agent created.
+pub const VERDICT_SLOTS: u32 = 64;
+const _: () = assert!(crate::Verdict::COUNT as u32 <= VERDICT_SLOTS);
+
 /// Index into [`VERDICT_COUNTERS`].
 pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32 {
-    direction as u32 * crate::Verdict::COUNT as u32 + verdict as u32
+    direction as u32 * VERDICT_SLOTS + verdict as u32
 }
 
 /// Number of entries of [`VERDICT_COUNTERS`].
-pub const VERDICT_COUNTERS_LEN: u32 = (Direction::COUNT * crate::Verdict::COUNT) as u32;
+pub const VERDICT_COUNTERS_LEN: u32 = Direction::COUNT as u32 * VERDICT_SLOTS;
 
 /// Maximum entries of [`TX_PORTS`].
 pub const MAX_TX_PORTS: u32 = 64;
@@ -78,8 +84,12 @@ pub struct Config {
     pub flags: u32,
     /// Explicit padding, always 0.
     pub reserved: u32,
+    /// The control plane's generation that the maps reflect. The program
+    /// never reads it; it lives here so that it is pinned with the tables
+    /// it describes and survives the agent.
+    pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 impl Config {
     pub const fn fast_path(&self) -> bool {
@@ -90,7 +100,15 @@ impl Config {
 /// [`AddrEntry::flags`]: the address is an associated EIP.
 pub const ADDR_IS_EIP: u32 = 1;
 /// [`AddrEntry::flags`]: the address is a private IP that carries an EIP.
+/// A passthrough EIP (cut-through, multi-EIP) has both flags and points at
+/// itself: it is "translated" to itself, counted and never rewritten.
 pub const ADDR_IS_PRIVATE: u32 = 2;
+/// [`AddrEntry::flags`]: the address belongs to a detached ENI; packets to
+/// or from it are dropped (`drop_eni_detached`).
+pub const ADDR_DETACHED: u32 = 4;
+/// [`AddrEntry::flags`]: the primary private IP of a cut-through ENI;
+/// packets to or from it are dropped (`drop_private_disabled`).
+pub const ADDR_PRIVATE_DISABLED: u32 = 8;
 
 /// Value of [`ADDRESSES`]. The association rules keep an address in one
 /// role; both halves exist so that a lookup answers either question.
@@ -117,6 +135,16 @@ impl AddrEntry {
     }
     pub const fn is_private(&self) -> bool {
         self.flags & ADDR_IS_PRIVATE != 0
+    }
+    /// Why packets to or from this address are dropped, if they are.
+    pub const fn blocked(&self) -> Option<crate::Verdict> {
+        if self.flags & ADDR_PRIVATE_DISABLED != 0 {
+            Some(crate::Verdict::DropPrivateDisabled)
+        } else if self.flags & ADDR_DETACHED != 0 {
+            Some(crate::Verdict::DropEniDetached)
+        } else {
+            None
+        }
     }
 }
 

@@ -57,10 +57,15 @@ pub enum Verdict {
     IcmpErrorTruncated = 16,
     /// An ICMP error quoting a non-first fragment: no ports to match.
     IcmpErrorInnerFragment = 17,
+    /// To or from the primary private IP of a cut-through ENI: the EIP took
+    /// its place, so the private network no longer reaches it.
+    DropPrivateDisabled = 18,
+    /// To or from an address of a detached ENI: it lives nowhere.
+    DropEniDetached = 19,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -80,6 +85,8 @@ impl Verdict {
         Self::DropSpoofedPrivate,
         Self::IcmpErrorTruncated,
         Self::IcmpErrorInnerFragment,
+        Self::DropPrivateDisabled,
+        Self::DropEniDetached,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -103,6 +110,8 @@ impl Verdict {
             Self::DropSpoofedPrivate => "drop_spoofed_private",
             Self::IcmpErrorTruncated => "drop_icmp_error_truncated",
             Self::IcmpErrorInnerFragment => "drop_icmp_error_inner_fragment",
+            Self::DropPrivateDisabled => "drop_private_disabled",
+            Self::DropEniDetached => "drop_eni_detached",
         }
     }
 
@@ -142,6 +151,8 @@ impl Verdict {
                 | Self::DropSpoofedPrivate
                 | Self::IcmpErrorTruncated
                 | Self::IcmpErrorInnerFragment
+                | Self::DropPrivateDisabled
+                | Self::DropEniDetached
         )
     }
 

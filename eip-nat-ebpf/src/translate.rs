@@ -1,4 +1,5 @@
-//! Stateless 1:1 NAT of one packet (the domain's "NAT mode").
+//! Stateless 1:1 NAT of one packet (the domain's "NAT mode"), and the
+//! passthrough of cut-through and multi-EIP EIPs.
 //!
 //! Inbound (public ingress): destination EIP → private IP. Outbound (private
 //! ingress): source private IP → EIP. Only the address and the checksums that
@@ -97,10 +98,10 @@ pub fn translate(
         // The quoted packet went the other way: an error arriving for an EIP
         // quotes a packet *from* that EIP; an error an instance sends quotes
         // a packet *to* its private IP.
-        if let Some(e) = rewrite.dst {
+        if let Some(e) = rewrite.dst.filter(|e| e.addr != old_dst) {
             q.translate_source(old_dst, e.addr);
         }
-        if let Some(e) = rewrite.src {
+        if let Some(e) = rewrite.src.filter(|e| e.addr != old_src) {
             q.translate_destination(old_src, e.addr);
         }
     }
@@ -134,7 +135,12 @@ fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
 /// Private side: source private IP → its EIP; a destination that is an EIP
 /// is translated too, in the same pass (hairpin, RFC 4787 §6), so an
 /// instance reaching another's (or its own) EIP is seen from its EIP and
-/// the reply takes the same way back. A source that is an EIP is spoofed.
+/// the reply takes the same way back. A source that is a NAT EIP is
+/// spoofed; a passthrough EIP (cut-through, multi-EIP) is its own private
+/// IP and "translates" to itself.
+///
+/// Addresses of a detached ENI, and a cut-through ENI's primary private IP,
+/// are dropped with their own verdicts.
 #[inline(always)]
 fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, Verdict> {
     let mut rewrite = Rewrite {
@@ -143,6 +149,9 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
     };
     if let Some(s) = lookup(&src) {
         if direction == Direction::Outbound && s.is_private() {
+            if let Some(v) = s.blocked() {
+                return Err(v);
+            }
             rewrite.src = Some(NatEntry {
                 addr: s.eip,
                 slot: s.private_slot,
@@ -151,9 +160,18 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
             return Err(Verdict::DropSpoofedEip);
         } else if direction == Direction::Inbound {
             return Err(Verdict::DropSpoofedPrivate);
+        } else if let Some(v) = s.blocked() {
+            return Err(v);
         }
     }
     if let Some(d) = lookup(&dst) {
+        // A NAT private IP as destination is not ours to judge; an EIP or
+        // a disabled private IP is.
+        if d.is_eip() || !d.is_private() {
+            if let Some(v) = d.blocked() {
+                return Err(v);
+            }
+        }
         if d.is_eip() {
             rewrite.dst = Some(NatEntry {
                 addr: d.private_ip,
@@ -174,6 +192,11 @@ pub fn patch(
     udp: bool,
 ) {
     let old = *field;
+    if old == new {
+        // A passthrough EIP: nothing to rewrite, and RFC 1624's update
+        // could turn a checksum of 0xffff into 0x0000.
+        return;
+    }
     *field = new;
     *ip_check = csum::replace_u32(*ip_check, old, new);
     if let Some((_, check)) = l4 {

@@ -100,7 +100,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         public_ifindex: public,
         private_ifindex: private,
         flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
-        reserved: 0,
+        ..Default::default()
     })?;
     // The fast path forwards between the two interfaces only; anything
     // routed elsewhere falls back to the kernel.

@@ -7,5 +7,7 @@ pub mod associations;
 pub mod control;
 pub mod datapath;
 pub mod gateway;
+pub mod model;
+pub mod store;
 pub mod rig;
 pub mod sysctl;
