@@ -1,52 +1,75 @@
-//! `eip-nat agent`: load, attach to both interfaces, serve the control
-//! socket, and detach on SIGINT/SIGTERM.
+//! `eip-nat agent`: reconcile the pinned datapath with the stored desired
+//! state, attach (or take over the attachment), serve the API, and on
+//! SIGINT/SIGTERM leave the datapath running for the next agent (or remove
+//! it, with `detach_on_exit`).
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
     sync::{Arc, Mutex},
 };
+
+use std::future::IntoFuture;
 
 use anyhow::{bail, Context, Result};
 use eip_nat_common::{maps::FLAG_FAST_PATH, Config};
 use tokio::{
-    io::{unix::AsyncFd, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
-    net::{UnixListener, UnixStream},
+    io::{unix::AsyncFd, Interest},
+    net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
 };
 
 use crate::{
-    control::{Request, Response},
-    datapath::{mode_name, AttachMode, Datapath, LoadOptions},
+    config::AgentConfig,
+    datapath::{mode_name, Attached, Datapath, LoadOptions},
     gateway::Gateway,
+    routes::{self, Routes},
+    server,
+    store::Store,
     sysctl,
 };
 
-#[derive(Clone, Debug)]
-pub struct AgentConfig {
-    pub public_if: String,
-    pub private_if: String,
-    pub mode: AttachMode,
-    /// Forward translated packets with bpf_fib_lookup + XDP_REDIRECT; when
-    /// off, every translated packet goes to the kernel's stack.
-    pub fast_path: bool,
-    pub socket: PathBuf,
-    pub load: LoadOptions,
+/// `statfs(2)` magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Where the maps and links live under the bpffs directory.
+pub fn maps_dir(bpffs: &Path) -> std::path::PathBuf {
+    bpffs.join("maps")
 }
 
-fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).context("interface name")?;
-    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        bail!("interface {name} does not exist");
+pub fn link_pin(bpffs: &Path, iface: &str) -> std::path::PathBuf {
+    bpffs.join("links").join(format!("xdp-{iface}"))
+}
+
+/// Creates `dir` (0700) and checks it is on a bpffs: pins anywhere else
+/// fail, and a bpffs mounted in a private mount namespace (`ip netns exec`
+/// remounts /sys) would silently lose them when the agent exits.
+fn bpffs_dir(dir: &Path) -> Result<()> {
+    for d in [dir.to_path_buf(), maps_dir(dir), dir.join("links")] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)
+            .with_context(|| format!("creating {}", d.display()))?;
     }
-    Ok(index)
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpf filesystem; mount one (`mount -t bpf bpf /sys/fs/bpf`) or choose \
+             another bpffs_dir",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
-/// Binds the control socket, refusing to steal it from a live agent.
+/// Binds the control socket (0600), refusing to steal it from a live agent.
 fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -60,59 +83,54 @@ fn bind(path: &Path) -> Result<UnixListener> {
         }
         fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Created with umask 077 so that no one else can connect even for the
+    // instant before chmod.
+    // SAFETY: umask(2) only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
     // Whoever can write to the socket can re-route public addresses.
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
-async fn serve(stream: UnixStream, gateway: Arc<Mutex<Gateway>>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                log::debug!("request: {request:?}");
-                gateway.lock().expect("gateway lock").handle(request)
-            }
-            Err(e) => Response::Refused(format!("malformed request: {e}")),
+/// Removes everything the agent installed: the pinned links (which
+/// detaches the program), the pinned maps, and its routes. The stored
+/// desired state stays, so a new agent puts it all back.
+pub fn teardown(bpffs: &Path) -> Result<()> {
+    for sub in ["links", "maps"] {
+        let dir = bpffs.join(sub);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
         };
-        let mut out = serde_json::to_string(&response).expect("responses serialize");
-        out.push('\n');
-        write.write_all(out.as_bytes()).await?;
+        for e in entries {
+            let path = e?.path();
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    if bpffs.exists() {
+        fs::remove_dir(bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
+    }
+    let mut routes = Routes::open()?;
+    for addr in routes.list()?.into_keys() {
+        routes.delete(addr)?;
     }
     Ok(())
 }
 
-pub async fn run(cfg: AgentConfig) -> Result<()> {
-    if cfg.public_if == cfg.private_if {
-        bail!("--public-if and --private-if must be different interfaces");
-    }
-    let public = ifindex(&cfg.public_if)?;
-    let private = ifindex(&cfg.private_if)?;
-    for problem in sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if) {
-        log::warn!("{problem}");
-    }
-
-    let mut datapath = Datapath::load(cfg.load)?;
-    datapath.set_config(Config {
-        public_ifindex: public,
-        private_ifindex: private,
-        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
-        ..Default::default()
-    })?;
-    // The fast path forwards between the two interfaces only; anything
-    // routed elsewhere falls back to the kernel.
-    for ifindex in [public, private] {
-        datapath.add_tx_port(ifindex)?;
-    }
+fn spawn_logger(datapath: &mut Datapath) {
     match datapath.logger() {
         Ok(logger) => {
             // SAFETY: the logger owns its ring buffer's fd and keeps it open,
             // unreplaced, for as long as the AsyncFd that owns the logger.
-            let mut logger =
-                unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }?;
+            let Ok(mut logger) =
+                (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
+            else {
+                return;
+            };
             tokio::spawn(async move {
                 loop {
                     let Ok(mut guard) = logger.readable_mut().await else {
@@ -125,9 +143,74 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
         Err(e) => log::warn!("datapath log lines will not be shown: {e}"),
     }
+}
+
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let ifindex = |name: &str| {
+        routes::ifindex(name).with_context(|| format!("interface {name} does not exist"))
+    };
+    let public = ifindex(&cfg.public_if)?;
+    let private = ifindex(&cfg.private_if)?;
+    for problem in sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if) {
+        log::warn!("{problem}");
+    }
+    bpffs_dir(&cfg.bpffs_dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let store = Store::open(&cfg.state_dir)?;
+
+    let mut datapath = Datapath::load(LoadOptions {
+        max_associations: cfg.limits.max_associations,
+        kernel_log_level: log::max_level(),
+        pin_maps: Some(maps_dir(&cfg.bpffs_dir)),
+    })?;
+    // Keep the generation a previous agent recorded until the reconcile
+    // below has made it true for this one.
+    let previous = datapath.config()?;
+    datapath.set_config(Config {
+        public_ifindex: public,
+        private_ifindex: private,
+        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
+        reserved: 0,
+        generation: previous.generation,
+    })?;
+    // The fast path forwards between the two interfaces only; anything
+    // routed elsewhere falls back to the kernel.
+    for ifindex in [public, private] {
+        datapath.add_tx_port(ifindex)?;
+    }
+    spawn_logger(&mut datapath);
+
+    let (gateway, report) = Gateway::open(store, datapath, Some(Routes::open()?), cfg.limits)?;
+    let generation = gateway.generation().generation;
+    log::info!(
+        "desired state: generation {generation}, {} ENIs, {} associations; reconciled: \
+         {} entries written, {} removed, {} routes written, {} removed",
+        gateway.state().enis().count(),
+        gateway.state().associations().count(),
+        report.entries_written,
+        report.entries_removed,
+        report.routes_written,
+        report.routes_removed
+    );
+    let gateway = Arc::new(Mutex::new(gateway));
+    // Attach last: by now the maps hold the whole desired state, so the
+    // program taking over a pinned link sees the same tables as the one it
+    // replaces.
     for iface in [&cfg.public_if, &cfg.private_if] {
-        let mode = datapath.attach(iface, cfg.mode)?;
-        log::info!("attached to {iface} ({} XDP)", mode_name(mode));
+        let pin = link_pin(&cfg.bpffs_dir, iface);
+        let attached = gateway
+            .lock()
+            .expect("not poisoned yet")
+            .datapath_mut()
+            .attach_pinned(iface, cfg.xdp_mode, &pin)?;
+        match attached {
+            Attached::New(mode) => log::info!("attached to {iface} ({} XDP)", mode_name(mode)),
+            Attached::Replaced => log::info!("took over the program on {iface} (atomic replace)"),
+        }
     }
     if cfg.fast_path {
         log::info!(
@@ -138,46 +221,66 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         log::info!("fast path off: translated packets are passed to the kernel to route");
     }
 
-    let gateway = Arc::new(Mutex::new(Gateway::new(
-        datapath,
-        cfg.load.max_associations,
-    )));
     let listener = bind(&cfg.socket)?;
-    log::info!(
-        "serving {} (public {}, private {})",
-        cfg.socket.display(),
-        cfg.public_if,
-        cfg.private_if
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix = tokio::spawn(
+        axum::serve(listener, server::router(Arc::clone(&gateway)))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
     );
+    log::info!("serving the API on {}", cfg.socket.display());
+    let tcp = match (cfg.tcp_listen, &cfg.token_file) {
+        (Some(addr), Some(token_file)) => {
+            let token = fs::read_to_string(token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?
+                .trim()
+                .to_string();
+            if token.len() < 16 {
+                bail!(
+                    "the token in {} is shorter than 16 bytes",
+                    token_file.display()
+                );
+            }
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            log::info!("serving the API on tcp://{addr} (token required)");
+            let router = server::router_with_token(Arc::clone(&gateway), Arc::new(token));
+            Some(tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            ))
+        }
+        _ => None,
+    };
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let gw = Arc::clone(&gateway);
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(stream, gw).await {
-                            log::debug!("control connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => log::warn!("accept: {e}"),
-            },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
+    tokio::select! {
+        _ = sigint.recv() => {},
+        _ = sigterm.recv() => {},
     }
-    log::info!(
-        "stopping: detaching from {} and {}",
-        cfg.public_if,
-        cfg.private_if
-    );
-    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = unix.await;
+    if let Some(tcp) = tcp {
+        let _ = tcp.await;
+    }
     let _ = fs::remove_file(&cfg.socket);
-    // The links are owned by the program; dropping the last reference to the
-    // gateway detaches both and frees the maps.
+    // Dropping the gateway closes this process's descriptors; the pinned
+    // links and maps keep the datapath running without it.
     drop(gateway);
+    if cfg.detach_on_exit {
+        log::info!("stopping: removing the datapath and its routes");
+        teardown(&cfg.bpffs_dir)?;
+    } else {
+        log::info!(
+            "stopping: the datapath keeps running (pinned under {}); `eip-nat teardown` removes it",
+            cfg.bpffs_dir.display()
+        );
+    }
     Ok(())
 }

@@ -4,17 +4,18 @@ use std::net::Ipv4Addr;
 
 use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
     maps::{self as names, verdict_index, Ipv4Key},
-    maps::{ADDR_IS_EIP, ADDR_IS_PRIVATE},
     AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
-
-use crate::associations::Association;
 
 /// The BPF object, embedded at build time so the agent ships as one file.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eip-nat"));
@@ -45,6 +46,8 @@ pub enum DatapathError {
     },
     #[error("adding ifindex {0} to the fast path's TX_PORTS")]
     TxPort(u32, #[source] aya::maps::xdp::XdpMapError),
+    #[error("pinned link {path}: {why}")]
+    Pin { path: String, why: String },
     #[error("reading the number of possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("interface {0} does not exist")]
@@ -52,7 +55,18 @@ pub enum DatapathError {
 }
 
 /// How to attach: let the driver decide, or force one mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Native (driver) XDP where the driver supports it, else generic.
     #[default]
@@ -72,13 +86,35 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The maps the agent pins, so that they (and the tables and counters in
+/// them) outlive it.
+pub const PINNED_MAPS: [&str; 5] = [
+    names::CONFIG,
+    names::TX_PORTS,
+    names::ADDRESSES,
+    names::VERDICT_COUNTERS,
+    names::EIP_COUNTERS,
+];
+
+/// What [`Datapath::attach_pinned`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Attached in this mode, with a new pinned link.
+    New(XdpMode),
+    /// Replaced the program in the pinned link, atomically.
+    Replaced,
+}
+
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Capacity of the association maps and per-EIP counters.
     pub max_associations: u32,
     /// Level above which the program's own log lines are dropped in the
     /// kernel, before they cost a ring-buffer write.
     pub kernel_log_level: log::LevelFilter,
+    /// Pin the maps in this bpffs directory, reusing the ones already
+    /// there; `None` gives private maps that die with this process.
+    pub pin_maps: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +122,7 @@ impl Default for LoadOptions {
         Self {
             max_associations: names::DEFAULT_MAX_ASSOCIATIONS,
             kernel_log_level: log::LevelFilter::Info,
+            pin_maps: None,
         }
     }
 }
@@ -122,13 +159,20 @@ impl Datapath {
     /// configured (every packet passes as `pass_unknown_interface`).
     pub fn load(opts: LoadOptions) -> Result<Self, DatapathError> {
         let level = opts.kernel_log_level as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             // Each association has two addresses.
             .map_max_entries(names::ADDRESSES, opts.max_associations.saturating_mul(2))
             .map_max_entries(names::EIP_COUNTERS, opts.max_associations)
-            .override_global(aya_log::LEVEL, &level, false)
-            .load(OBJECT)
-            .map_err(DatapathError::Load)?;
+            .override_global(aya_log::LEVEL, &level, false);
+        if let Some(dir) = &opts.pin_maps {
+            // A map already pinned there is opened, not created: its
+            // entries are what the previous agent left.
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or(DatapathError::Missing(PROGRAM))?
@@ -174,11 +218,62 @@ impl Datapath {
 
     /// Attaches to `iface`'s ingress and returns the mode in effect.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
+        self.attach_link(iface, mode).map(|(m, _)| m)
+    }
+
+    /// Attaches through a link pinned at `pin`, so the program stays
+    /// attached after this process exits. If a link is pinned there already
+    /// (a previous agent's), this program replaces the old one in it with
+    /// one `BPF_LINK_UPDATE`: the interface never runs without a program,
+    /// and no packet misses the datapath.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pin: &std::path::Path,
+    ) -> Result<Attached, DatapathError> {
+        let pinned = |why: String| DatapathError::Pin {
+            path: pin.display().to_string(),
+            why,
+        };
+        if pin.exists() {
+            let replaced = PinnedLink::from_pin(pin)
+                .map_err(|e| e.to_string())
+                .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+                .and_then(|link| {
+                    self.program_mut()
+                        .attach_to_link(link)
+                        .map_err(|e| e.to_string())
+                });
+            match replaced {
+                Ok(_) => return Ok(Attached::Replaced),
+                // The interface it was on is gone (ENOLINK), say: start over.
+                Err(e) => {
+                    log::warn!("{iface}: cannot reuse the pinned link ({e}); attaching anew");
+                    std::fs::remove_file(pin).map_err(|e| pinned(e.to_string()))?;
+                }
+            }
+        }
+        let (mode, id) = self.attach_link(iface, mode)?;
+        let link = self
+            .program_mut()
+            .take_link(id)
+            .map_err(|e| DatapathError::Program(PROGRAM, e))?;
+        let link = FdLink::try_from(link).map_err(|e| pinned(e.to_string()))?;
+        link.pin(pin).map_err(|e| pinned(e.to_string()))?;
+        Ok(Attached::New(mode))
+    }
+
+    fn attach_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(XdpMode, XdpLinkId), DatapathError> {
         let program = self.program_mut();
         let mut try_mode = |m: XdpMode| {
             program
                 .attach(iface, m)
-                .map(|_| m)
+                .map(|id| (m, id))
                 .map_err(|source| match source {
                     ProgramError::UnknownInterface { .. } => {
                         DatapathError::NoSuchInterface(iface.to_string())
@@ -205,69 +300,36 @@ impl Datapath {
         }
     }
 
-    /// The entry of `addr`, if any.
-    fn entry(&self, addr: Ipv4Addr) -> Result<Option<AddrEntry>, DatapathError> {
-        match self.addresses.get(&key(addr), 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::ADDRESSES)(e)),
-        }
-    }
-
-    /// Writes `addr`'s entry, or deletes it when no role is left.
-    fn put(&mut self, addr: Ipv4Addr, e: AddrEntry) -> Result<(), DatapathError> {
-        let r = if e.flags == 0 {
-            self.addresses.remove(&key(addr))
-        } else {
-            self.addresses.insert(key(addr), e, 0)
+    /// Sets `addr`'s entry, or removes it. Entries are replaced whole, so
+    /// the datapath never sees half of one.
+    pub fn put_entry(
+        &mut self,
+        addr: Ipv4Addr,
+        entry: Option<AddrEntry>,
+    ) -> Result<(), DatapathError> {
+        let r = match entry {
+            Some(e) => self.addresses.insert(key(addr), e, 0),
+            None => match self.addresses.remove(&key(addr)) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                r => r,
+            },
         };
         r.map_err(map_err(names::ADDRESSES))
     }
 
-    /// Installs an association: counters zeroed first, then the private
-    /// IP's entry (outbound), then the EIP's (inbound). Each entry is
-    /// replaced whole, so the datapath never sees half of one; on failure
-    /// nothing is left behind.
-    pub fn insert(&mut self, a: &Association) -> Result<(), DatapathError> {
+    /// Zeroes the counters in `slot`, for a new association.
+    pub fn reset_eip_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         let zero = PerCpuValues::try_from(vec![EipCounters::default(); cpus])
             .map_err(DatapathError::Cpus)?;
         self.eip_counters
-            .set(a.slot, zero, 0)
-            .map_err(map_err(names::EIP_COUNTERS))?;
-        let private_before = self.entry(a.private_ip)?;
-        let mut private = private_before.unwrap_or_default();
-        private.flags |= ADDR_IS_PRIVATE;
-        private.eip = key(a.eip);
-        private.private_slot = a.slot;
-        self.put(a.private_ip, private)?;
-        let mut eip = self.entry(a.eip)?.unwrap_or_default();
-        eip.flags |= ADDR_IS_EIP;
-        eip.private_ip = key(a.private_ip);
-        eip.eip_slot = a.slot;
-        if let Err(e) = self.put(a.eip, eip) {
-            let _ = self.put(a.private_ip, private_before.unwrap_or_default());
-            return Err(e);
-        }
-        Ok(())
+            .set(slot, zero, 0)
+            .map_err(map_err(names::EIP_COUNTERS))
     }
 
-    /// Removes an association; the EIP first, so it stops reaching the
-    /// private IP before anything else changes.
-    pub fn remove(&mut self, a: &Association) -> Result<(), DatapathError> {
-        if let Some(mut e) = self.entry(a.eip)? {
-            e.flags &= !ADDR_IS_EIP;
-            e.private_ip = [0; 4];
-            e.eip_slot = 0;
-            self.put(a.eip, e)?;
-        }
-        if let Some(mut p) = self.entry(a.private_ip)? {
-            p.flags &= !ADDR_IS_PRIVATE;
-            p.eip = [0; 4];
-            p.private_slot = 0;
-            self.put(a.private_ip, p)?;
-        }
-        Ok(())
+    /// The configuration in the map (a pinned map keeps the last agent's).
+    pub fn config(&self) -> Result<Config, DatapathError> {
+        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Every entry of the address map, for checks that it agrees with the

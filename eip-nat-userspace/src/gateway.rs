@@ -1,31 +1,83 @@
-//! The agent's state: the rule-checked table and the datapath, changed
-//! together or not at all.
+//! The agent's state: the rule-checked model, its durable copy, the
+//! datapath's maps and the host routes, changed in that order.
+//!
+//! An event is checked against the rules, then committed to the store
+//! (the desired state), then applied to the maps and routes, and only then
+//! answered. The store is the truth: if the agent dies between the commit
+//! and the datapath, the next agent's reconcile applies the difference.
 
 use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
 use crate::{
-    associations::{Association, Associations, RuleError},
-    control::{EipStat, Reply, Request, Response, Stats, VerdictStat},
+    api::{EipStat, Generation, Stats, VerdictStat},
     datapath::{Datapath, DatapathError},
+    model::{tables, Event, Limits, Location, RuleError, State, Touched},
+    routes::{self, RouteError, Routes},
+    store::{Store, StoreError},
 };
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
     #[error(transparent)]
     Refused(#[from] RuleError),
-    #[error("the datapath refused the update; nothing changed")]
+    #[error("event {index} of the batch was refused: {error}")]
+    RefusedInBatch { index: usize, error: RuleError },
+    #[error("interface {0} does not exist on this gateway")]
+    NoSuchInterface(String),
+    #[error("the generation is {current}, not {expected}: the state changed since it was read")]
+    Stale { expected: u64, current: u64 },
+    #[error("recording the change failed; nothing changed")]
+    Store(#[from] StoreError),
+    #[error("the change is recorded (generation {generation}) but the datapath did not take it; it is retried on the next change or restart")]
+    Datapath {
+        generation: u64,
+        #[source]
+        source: ApplyError,
+    },
+}
+
+impl GatewayError {
+    /// The rule, for refusals.
+    pub fn rule(&self) -> Option<&'static str> {
+        match self {
+            Self::Refused(e) | Self::RefusedInBatch { error: e, .. } => Some(e.code()),
+            Self::NoSuchInterface(_) => Some("unknown_interface"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+/// What a reconcile changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub entries_written: usize,
+    pub entries_removed: usize,
+    pub routes_written: usize,
+    pub routes_removed: usize,
 }
 
 pub struct Gateway {
+    state: State,
+    generation: u64,
+    applied: u64,
+    store: Store,
     datapath: Datapath,
-    table: Associations,
+    /// None: leave the routing table alone (test-run harnesses).
+    routes: Option<Routes>,
 }
 
-/// An error and its sources on one line, for the control protocol.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -36,40 +88,199 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A route as listed matches the desired one if it goes the same way; the
+/// kernel always reports the interface, even when only a next hop was given.
+fn same_route(listed: &Location, desired: &Location) -> bool {
+    listed.via == desired.via && (desired.dev.is_none() || listed.dev == desired.dev)
+}
+
 impl Gateway {
-    pub fn new(datapath: Datapath, capacity: u32) -> Self {
-        Self {
+    /// Loads the desired state from `store` and makes the datapath (and
+    /// routes) match it, touching only what differs: pinned maps that a
+    /// previous agent filled keep serving packets throughout.
+    pub fn open(
+        store: Store,
+        datapath: Datapath,
+        routes: Option<Routes>,
+        limits: Limits,
+    ) -> Result<(Self, Reconciled), GatewayError> {
+        let (state, generation) = store.load(limits)?;
+        let mut gw = Self {
+            state,
+            generation,
+            applied: 0,
+            store,
             datapath,
-            table: Associations::new(capacity),
+            routes,
+        };
+        let report = gw
+            .reconcile()
+            .map_err(|source| GatewayError::Datapath { generation, source })?;
+        Ok((gw, report))
+    }
+
+    /// A gateway whose state lives in memory and that leaves the routing
+    /// table alone: for BPF_PROG_TEST_RUN harnesses and tools.
+    pub fn in_memory(datapath: Datapath, limits: Limits) -> Result<Self, GatewayError> {
+        Ok(Self::open(Store::in_memory()?, datapath, None, limits)?.0)
+    }
+
+    /// Brings the maps and routes in line with the whole desired state.
+    pub fn reconcile(&mut self) -> Result<Reconciled, ApplyError> {
+        let mut r = Reconciled::default();
+        let desired = tables::all_entries(&self.state);
+        let current: std::collections::BTreeMap<_, _> =
+            self.datapath.entries()?.into_iter().collect();
+        for addr in current.keys().filter(|a| !desired.contains_key(a)) {
+            self.datapath.put_entry(*addr, None)?;
+            r.entries_removed += 1;
         }
+        for (addr, entry) in &desired {
+            if current.get(addr) != Some(entry) {
+                self.datapath.put_entry(*addr, Some(*entry))?;
+                r.entries_written += 1;
+            }
+        }
+        if let Some(routes) = &mut self.routes {
+            let desired = tables::all_routes(&self.state);
+            let current = routes.list()?;
+            for addr in current.keys().filter(|a| !desired.contains_key(a)) {
+                routes.delete(*addr)?;
+                r.routes_removed += 1;
+            }
+            for (addr, location) in &desired {
+                if !current.get(addr).is_some_and(|l| same_route(l, location)) {
+                    routes.replace(*addr, location)?;
+                    r.routes_written += 1;
+                }
+            }
+        }
+        self.mark_applied(self.generation)?;
+        Ok(r)
+    }
+
+    fn mark_applied(&mut self, generation: u64) -> Result<(), DatapathError> {
+        let mut config = self.datapath.config()?;
+        config.generation = generation;
+        self.datapath.set_config(config)?;
+        self.applied = generation;
+        Ok(())
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn generation(&self) -> Generation {
+        Generation {
+            generation: self.generation,
+            applied_generation: self.applied,
+        }
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
     }
 
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.datapath
     }
 
-    pub fn associate(
+    /// Facts about this host that the model cannot check: an ENI's
+    /// interface must exist here.
+    fn check_host(&self, event: &Event) -> Result<(), GatewayError> {
+        let location = match event {
+            Event::CreateEni { location, .. }
+            | Event::AttachEni { location, .. }
+            | Event::MoveEni { location, .. }
+            | Event::LocateEni { location, .. } => location,
+            _ => return Ok(()),
+        };
+        match &location.dev {
+            Some(dev) if self.routes.is_some() && routes::ifindex(dev).is_none() => {
+                Err(GatewayError::NoSuchInterface(dev.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies one event: checked, recorded, then in the datapath.
+    pub fn apply(&mut self, event: &Event) -> Result<Generation, GatewayError> {
+        self.check_host(event)?;
+        let touched = self.state.apply(event)?;
+        self.commit(touched)
+    }
+
+    /// Applies `events` all or nothing, as one generation.
+    pub fn apply_batch(
         &mut self,
-        eip: Ipv4Addr,
-        private_ip: Ipv4Addr,
-    ) -> Result<Association, GatewayError> {
-        let a = self.table.check_associate(eip, private_ip)?;
-        self.datapath.insert(&a)?;
-        self.table.insert(a);
-        log::info!("associated EIP {eip} with {private_ip}");
-        Ok(a)
+        events: &[Event],
+        if_generation: Option<u64>,
+    ) -> Result<Generation, GatewayError> {
+        if let Some(expected) = if_generation.filter(|g| *g != self.generation) {
+            return Err(GatewayError::Stale {
+                expected,
+                current: self.generation,
+            });
+        }
+        let mut next = self.state.clone();
+        let mut touched = Touched::default();
+        for (index, event) in events.iter().enumerate() {
+            self.check_host(event)?;
+            let t = next
+                .apply(event)
+                .map_err(|error| GatewayError::RefusedInBatch { index, error })?;
+            touched.merge(t);
+        }
+        let previous = std::mem::replace(&mut self.state, next);
+        self.commit(touched).inspect_err(|e| {
+            if matches!(e, GatewayError::Store(_)) {
+                self.state = previous;
+            }
+        })
     }
 
-    pub fn disassociate(&mut self, eip: Ipv4Addr) -> Result<Association, GatewayError> {
-        let a = self.table.check_disassociate(eip)?;
-        self.datapath.remove(&a)?;
-        self.table.remove(eip);
-        log::info!("disassociated EIP {eip} from {}", a.private_ip);
-        Ok(a)
+    fn commit(&mut self, touched: Touched) -> Result<Generation, GatewayError> {
+        let generation = self.generation + 1;
+        if let Err(e) = self.store.commit(&self.state, &touched, generation) {
+            // The store still holds the previous state; so must we.
+            self.state = self.store.load(self.state.limits())?.0;
+            return Err(e.into());
+        }
+        self.generation = generation;
+        let applied = if self.applied + 1 == generation {
+            self.apply_touched(&touched)
+        } else {
+            // An earlier change did not reach the datapath: redo all.
+            self.reconcile().map(|_| ())
+        };
+        applied.map_err(|source| GatewayError::Datapath { generation, source })?;
+        self.mark_applied(generation)
+            .map_err(|e| GatewayError::Datapath {
+                generation,
+                source: e.into(),
+            })?;
+        Ok(self.generation())
     }
 
-    pub fn list(&self) -> Vec<Association> {
-        self.table.iter().copied().collect()
+    fn apply_touched(&mut self, touched: &Touched) -> Result<(), ApplyError> {
+        // A new association starts from zero.
+        for eip in &touched.eips {
+            if let Some(a) = self.state.association(*eip) {
+                self.datapath.reset_eip_counters(a.slot)?;
+            }
+        }
+        for addr in &touched.addresses {
+            self.datapath
+                .put_entry(*addr, tables::entry_for(&self.state, *addr))?;
+            if let Some(routes) = &mut self.routes {
+                match tables::route_for(&self.state, *addr) {
+                    Some(location) => routes.replace(*addr, &location)?,
+                    None => routes.delete(*addr)?,
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<Stats, DatapathError> {
@@ -86,11 +297,13 @@ impl Gateway {
                 bytes: c.bytes,
             })
             .collect();
-        let mut eips = Vec::with_capacity(self.table.len());
-        for a in self.table.iter() {
+        let mut eips = Vec::new();
+        for a in self.state.associations() {
             let c = self.datapath.eip_counters(a.slot)?;
             eips.push(EipStat {
                 eip: a.eip,
+                eni: a.eni.clone(),
+                mode: a.mode,
                 private_ip: a.private_ip,
                 in_packets: c.in_packets,
                 in_bytes: c.in_bytes,
@@ -101,25 +314,8 @@ impl Gateway {
         Ok(Stats { verdicts, eips })
     }
 
-    pub fn handle(&mut self, request: Request) -> Response {
-        let result = match request {
-            Request::Associate { eip, private_ip } => {
-                self.associate(eip, private_ip).map(Reply::Associated)
-            }
-            Request::Disassociate { eip } => self.disassociate(eip).map(Reply::Disassociated),
-            Request::List => Ok(Reply::List(self.list())),
-            Request::Stats => self.stats().map(Reply::Stats).map_err(Into::into),
-        };
-        match result {
-            Ok(reply) => Response::Ok(reply),
-            Err(GatewayError::Refused(e)) => {
-                log::info!("refused: {e}");
-                Response::Refused(e.to_string())
-            }
-            Err(e) => {
-                log::error!("{}", chain(&e));
-                Response::Failed(chain(&e))
-            }
-        }
+    /// The association of `eip`, if any (for tests and tools).
+    pub fn association(&self, eip: Ipv4Addr) -> Option<&crate::model::Association> {
+        self.state.association(eip)
     }
 }

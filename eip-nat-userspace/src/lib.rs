@@ -1,13 +1,17 @@
-//! The eip-nat agent as a library: the datapath handle, the association
-//! rules, the control protocol and the agent loop. The `eip-nat` binary is a
-//! thin CLI over it; the root tests drive it directly.
+//! The eip-nat agent as a library: the control-plane model and its rules,
+//! the durable store, the datapath handle, host routes, the HTTP API and
+//! the agent loop. The `eip-nat` binary is a thin CLI over it; the root
+//! tests drive it directly.
 
 pub mod agent;
-pub mod associations;
-pub mod control;
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod datapath;
 pub mod gateway;
 pub mod model;
-pub mod store;
 pub mod rig;
+pub mod routes;
+pub mod server;
+pub mod store;
 pub mod sysctl;

@@ -6,9 +6,7 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use redb::{
-    backends::InMemoryBackend, Database, ReadableTable, TableDefinition, TableHandle,
-};
+use redb::{backends::InMemoryBackend, Database, ReadableTable, TableDefinition, TableHandle};
 use thiserror::Error;
 
 use crate::model::{Association, Eni, Limits, State, Touched};
@@ -134,24 +132,22 @@ impl Store {
         for item in db!(enis.iter())? {
             let (k, v) = db!(item)?;
             let id = k.value().to_string();
-            let eni: Eni = serde_json::from_slice(v.value()).map_err(|source| {
-                StoreError::Corrupt {
+            let eni: Eni =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
                     what: format!("{} {id}", ENIS.name()),
                     source,
-                }
-            })?;
+                })?;
             rows.push((id, eni));
         }
         let table = db!(tx.open_table(ASSOCIATIONS))?;
         let mut associations = Vec::new();
         for item in db!(table.iter())? {
             let (k, v) = db!(item)?;
-            let a: Association = serde_json::from_slice(v.value()).map_err(|source| {
-                StoreError::Corrupt {
+            let a: Association =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
                     what: format!("association {}", Ipv4Addr::from(k.value())),
                     source,
-                }
-            })?;
+                })?;
             associations.push(a);
         }
         let generation = db!(db!(tx.open_table(META))?.get(GENERATION))?.map_or(0, |v| v.value());

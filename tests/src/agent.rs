@@ -7,7 +7,51 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eip_nat::control::{self, Reply, Request, Response, Stats};
+use eip_nat::{api::Stats, client::Client};
+
+/// Where one agent keeps its state: a directory with its socket, its store
+/// and a bpffs of its own. The bpffs is mounted here, in the test's mount
+/// namespace, because `ip netns exec` remounts /sys and so hides
+/// /sys/fs/bpf; pins made there would die with the agent. Unmounted (and
+/// so every pin in it freed) on drop.
+pub struct AgentHome {
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl AgentHome {
+    pub fn new(name: &str) -> std::sync::Arc<Self> {
+        let dir = std::env::temp_dir().join(format!("eip-nat-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bpffs = dir.join("bpffs");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&bpffs).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpffs)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mounting a bpffs at {}", bpffs.display());
+        std::sync::Arc::new(Self {
+            socket: dir.join("eip-nat.sock"),
+            bpffs: bpffs.join("eip-nat"),
+            state,
+            dir,
+        })
+    }
+}
+
+impl Drop for AgentHome {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.join("bpffs"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// The `eip-nat` binary under test: `EIP_NAT_BIN`, else the release build.
 pub fn binary() -> PathBuf {
@@ -18,23 +62,43 @@ pub fn binary() -> PathBuf {
 
 pub struct Agent {
     child: Child,
+    pub home: std::sync::Arc<AgentHome>,
     pub socket: PathBuf,
     pub log: PathBuf,
 }
 
 impl Agent {
-    /// Starts the agent in `ns` and waits until it answers on its socket.
+    /// Starts the agent in `ns`, with a home of its own, and waits until it
+    /// answers on its socket. It removes the datapath when it stops.
     pub fn start(ns: &str, public_if: &str, private_if: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--detach-on-exit"];
+        args.extend_from_slice(extra);
+        Self::start_in(AgentHome::new(ns), ns, public_if, private_if, &args)
+    }
+
+    /// Starts an agent in `home`, which an earlier agent may have used:
+    /// its store, and its pinned datapath if it left one.
+    pub fn start_in(
+        home: std::sync::Arc<AgentHome>,
+        ns: &str,
+        public_if: &str,
+        private_if: &str,
+        extra: &[&str],
+    ) -> Self {
         let bin = binary();
         assert!(
             bin.exists(),
             "{} is missing: build it with `cargo xtask build`",
             bin.display()
         );
-        let dir = std::env::temp_dir().join(format!("eip-nat-{ns}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("eip-nat.sock");
-        let log = dir.join("agent.log");
+        let socket = home.socket.clone();
+        let log = home.dir.join(format!(
+            "agent-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let logfile = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -47,16 +111,25 @@ impl Agent {
                 public_if,
                 "--private-if",
                 private_if,
+                "--state-dir",
             ])
+            .arg(&home.state)
+            .arg("--bpffs-dir")
+            .arg(&home.bpffs)
             .args(extra)
             .stdout(Stdio::from(logfile.try_clone().unwrap()))
             .stderr(Stdio::from(logfile))
             .spawn()
             .expect("spawn agent");
-        let mut agent = Self { child, socket, log };
+        let mut agent = Self {
+            child,
+            home,
+            socket,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Response::Ok(_)) = control::call(&agent.socket, &Request::List) {
+            if agent.client().generation().is_ok() {
                 break;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
@@ -103,11 +176,38 @@ impl Agent {
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}: {json}"))
     }
 
-    pub fn call(&self, request: Request) -> Reply {
-        match control::call(&self.socket, &request).expect("control call") {
-            Response::Ok(r) => r,
-            other => panic!("{request:?}: {other:?}"),
-        }
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Gives `private_ip` a primary ENI (`eni-<ip>`, instance `i-<ip>`)
+    /// and associates `eip` with it in NAT mode, through the CLI.
+    pub fn nat(&self, eip: &str, private_ip: &str) {
+        self.cli_ok(&[
+            "eni",
+            "create",
+            "--eni",
+            &format!("eni-{private_ip}"),
+            "--kind",
+            "primary",
+            "--primary-ip",
+            private_ip,
+            "--instance",
+            &format!("i-{private_ip}"),
+        ]);
+        self.cli_ok(&[
+            "associate",
+            "--eip",
+            eip,
+            "--eni",
+            &format!("eni-{private_ip}"),
+        ]);
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for a clean exit.

@@ -42,3 +42,30 @@ pub fn setsockopt<T>(
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Gives `private_ip` a primary ENI and associates `eip` with it in NAT
+/// mode; returns the association's counter slot.
+pub fn associate_nat(
+    gw: &mut eip_nat::gateway::Gateway,
+    eip: std::net::Ipv4Addr,
+    private_ip: std::net::Ipv4Addr,
+) -> Result<u32, eip_nat::gateway::GatewayError> {
+    use eip_nat::model::{EniKind, Event, Mode};
+    let eni = format!("eni-{private_ip}");
+    if gw.state().eni(&eni).is_none() {
+        gw.apply(&Event::CreateEni {
+            eni: eni.clone(),
+            kind: EniKind::Primary,
+            primary_ip: private_ip,
+            instance: Some(format!("i-{private_ip}")),
+            location: Default::default(),
+        })?;
+    }
+    gw.apply(&Event::Associate {
+        eip,
+        eni,
+        private_ip: None,
+        mode: Mode::Nat,
+    })?;
+    Ok(gw.association(eip).expect("just associated").slot)
+}

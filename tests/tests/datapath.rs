@@ -8,6 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
     gateway::Gateway,
+    model::{Event, Limits},
 };
 use eip_nat_common::{
     maps::FLAG_FAST_PATH,
@@ -15,6 +16,7 @@ use eip_nat_common::{
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use integration_tests::{
+    associate_nat,
     netns::{in_netns, ns_sh, Namespaces},
     packet::{ethernet, hex, icmp_echo, icmp_error, tcp, udp, Ipv4, MAC_A, MAC_B, TCP},
     require_root,
@@ -49,8 +51,15 @@ impl Harness {
             ..Default::default()
         })
         .expect("load datapath");
-        let mut gw = Gateway::new(dp, 64);
-        let slot = gw.associate(EIP, PRIVATE).expect("associate").slot;
+        let mut gw = Gateway::in_memory(
+            dp,
+            Limits {
+                max_associations: 64,
+                ..Default::default()
+            },
+        )
+        .expect("gateway");
+        let slot = integration_tests::associate_nat(&mut gw, EIP, PRIVATE).expect("associate");
         let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
         assert_ne!(lo, 0);
         Self {
@@ -75,7 +84,7 @@ impl Harness {
             public_ifindex,
             private_ifindex,
             flags,
-            reserved: 0,
+            ..Default::default()
         };
         self.gw.datapath_mut().set_config(cfg).unwrap();
     }
@@ -460,7 +469,7 @@ fn malformed_packets_are_dropped_with_their_reason() {
 #[test]
 fn disassociated_eip_passes_untouched() {
     let mut h = Harness::new();
-    h.gw.disassociate(EIP).unwrap();
+    h.gw.apply(&Event::Disassociate { eip: EIP }).unwrap();
     let f = udp(INTERNET, 1, EIP, 2, b"late", true).frame();
     h.untouched(
         "after disassociate in",
@@ -480,18 +489,18 @@ fn disassociated_eip_passes_untouched() {
 #[test]
 fn maps_agree_with_the_table() {
     let mut h = Harness::new();
-    h.gw.associate(
+    associate_nat(
+        &mut h.gw,
         Ipv4Addr::new(203, 0, 113, 11),
         Ipv4Addr::new(10, 200, 0, 11),
     )
     .unwrap();
-    assert!(h
-        .gw
-        .associate(
-            Ipv4Addr::new(203, 0, 113, 11),
-            Ipv4Addr::new(10, 200, 0, 12)
-        )
-        .is_err());
+    associate_nat(
+        &mut h.gw,
+        Ipv4Addr::new(203, 0, 113, 11),
+        Ipv4Addr::new(10, 200, 0, 12),
+    )
+    .unwrap_err();
     let entries: std::collections::HashMap<_, _> =
         h.gw.datapath_mut().entries().unwrap().into_iter().collect();
     assert_eq!(
@@ -499,6 +508,7 @@ fn maps_agree_with_the_table() {
         4,
         "two associations, two addresses each; a refused request left nothing"
     );
+    assert!(!entries.contains_key(&Ipv4Addr::new(10, 200, 0, 12)));
     for (addr, e) in &entries {
         // Each address has exactly one role, and its partner points back.
         if e.is_eip() {
@@ -511,7 +521,10 @@ fn maps_agree_with_the_table() {
         }
     }
     // Disassociating removes both addresses.
-    h.gw.disassociate(Ipv4Addr::new(203, 0, 113, 11)).unwrap();
+    h.gw.apply(&Event::Disassociate {
+        eip: Ipv4Addr::new(203, 0, 113, 11),
+    })
+    .unwrap();
     assert_eq!(h.gw.datapath_mut().entries().unwrap().len(), 2);
 }
 
@@ -678,7 +691,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
     let fallback =
         |h: &mut Harness, name: &str, n: u8, private: Ipv4Addr, size: usize, verdict: Verdict| {
             let eip = Ipv4Addr::new(203, 0, 113, 100 + n);
-            h.gw.associate(eip, private).unwrap();
+            associate_nat(&mut h.gw, eip, private).unwrap();
             let data = vec![n; size];
             let input = udp(INTERNET, 1, eip, 2, &data, true);
             let f = udp(INTERNET, 1, private, 2, &data, true).frame();
@@ -821,7 +834,7 @@ fn hairpin_translates_both_addresses_in_one_pass() {
         Ipv4Addr::new(203, 0, 113, 20),
         Ipv4Addr::new(10, 200, 0, 20),
     );
-    let slot2 = h.gw.associate(eip2, private2).unwrap().slot;
+    let slot2 = associate_nat(&mut h.gw, eip2, private2).unwrap();
     let counters = |h: &mut Harness| {
         let a = h.eip();
         let b = h.gw.datapath_mut().eip_counters(slot2).unwrap();

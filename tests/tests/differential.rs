@@ -13,6 +13,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
     gateway::Gateway,
+    model::Limits,
 };
 use eip_nat_common::{Config, Direction, EipCounters, Verdict};
 use integration_tests::{
@@ -190,9 +191,16 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
         ..Default::default()
     })
     .expect("load");
-    let mut gw = Gateway::new(dp, 16);
+    let mut gw = Gateway::in_memory(
+        dp,
+        Limits {
+            max_associations: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for (e, p) in EIPS.iter().zip(PRIVATES) {
-        gw.associate(*e, p).unwrap();
+        integration_tests::associate_nat(&mut gw, *e, p).unwrap();
     }
     // The model reads the same tables the datapath holds.
     let tables = Tables {
@@ -223,8 +231,7 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
                 .set_config(Config {
                     public_ifindex,
                     private_ifindex,
-                    flags: 0,
-                    reserved: 0,
+                    ..Default::default()
                 })
                 .unwrap();
             current = Some(direction);

@@ -35,13 +35,7 @@ fn setup_with(extra: &[&str], associate: bool) -> Setup {
         extra,
     );
     if associate {
-        agent.cli_ok(&[
-            "associate",
-            "--eip",
-            &t.eip.to_string(),
-            "--private-ip",
-            &t.instance.addr.to_string(),
-        ]);
+        agent.nat(&t.eip.to_string(), &t.instance.addr.to_string());
     }
     Setup { agent, t }
 }
@@ -408,32 +402,26 @@ fn invalid_requests_are_refused_and_change_nothing() {
     assert!(before.contains("203.0.113.10") && before.contains("10.200.0.10"));
     for (args, says) in [
         (
-            vec![
-                "associate",
-                "--eip",
-                "203.0.113.10",
-                "--private-ip",
-                "10.200.0.11",
-            ],
-            "already associated with 10.200.0.10",
+            vec!["associate", "--eip", "203.0.113.10", "--eni", "eni-other"],
+            "already associated with ENI eni-10.200.0.10: an EIP has one target",
         ),
         (
             vec![
                 "associate",
                 "--eip",
                 "203.0.113.11",
-                "--private-ip",
-                "10.200.0.10",
+                "--eni",
+                "eni-10.200.0.10",
             ],
-            "already carries EIP 203.0.113.10",
+            "a primary ENI carries at most one EIP",
         ),
         (
             vec![
                 "associate",
                 "--eip",
                 "203.0.113.300",
-                "--private-ip",
-                "10.200.0.12",
+                "--eni",
+                "eni-10.200.0.10",
             ],
             "invalid value '203.0.113.300'",
         ),
@@ -442,8 +430,8 @@ fn invalid_requests_are_refused_and_change_nothing() {
                 "associate",
                 "--eip",
                 "127.0.0.1",
-                "--private-ip",
-                "10.200.0.12",
+                "--eni",
+                "eni-10.200.0.10",
             ],
             "loopback",
         ),
@@ -452,10 +440,22 @@ fn invalid_requests_are_refused_and_change_nothing() {
                 "associate",
                 "--eip",
                 "10.200.0.10",
-                "--private-ip",
-                "10.200.0.12",
+                "--eni",
+                "eni-10.200.0.10",
             ],
-            "cannot also be an EIP",
+            "already in use as a private IP of ENI eni-10.200.0.10",
+        ),
+        (
+            vec![
+                "associate",
+                "--eip",
+                "203.0.113.12",
+                "--eni",
+                "eni-10.200.0.10",
+                "--mode",
+                "cut-through",
+            ],
+            "[primary_eni_nat_only]",
         ),
         (
             vec!["disassociate", "--eip", "203.0.113.99"],
@@ -564,8 +564,8 @@ fn partial_checksums_from_offloading_senders_are_caught() {
 // ---- The fast path's traps and fallbacks, with real traffic ----
 
 fn verdict_delta(
-    before: &eip_nat::control::Stats,
-    after: &eip_nat::control::Stats,
+    before: &eip_nat::api::Stats,
+    after: &eip_nat::api::Stats,
     dir: &str,
     verdict: &str,
 ) -> u64 {
@@ -750,13 +750,7 @@ fn hairpin_tcp(extra: &[&str]) {
         Ipv4Addr::new(203, 0, 113, 12),
     ];
     for (eip, inst) in eips.iter().zip(&t.instances) {
-        agent.cli_ok(&[
-            "associate",
-            "--eip",
-            &eip.to_string(),
-            "--private-ip",
-            &inst.addr.to_string(),
-        ]);
+        agent.nat(&eip.to_string(), &inst.addr.to_string());
     }
     let [one, two] = &t.instances;
     let at_two = Capture::start(&two.ns, &two.ifname);

@@ -23,7 +23,17 @@ pub type InstanceId = String;
 
 /// How an EIP reaches its ENI (domain.md, "Association modes").
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -275,7 +285,10 @@ impl State {
         let mut used = BTreeSet::new();
         for a in associations {
             let Some(eni) = s.enis.get(&a.eni) else {
-                return Err(format!("EIP {} is associated with unknown ENI {}", a.eip, a.eni));
+                return Err(format!(
+                    "EIP {} is associated with unknown ENI {}",
+                    a.eip, a.eni
+                ));
             };
             if !eni.eips.contains(&a.eip) {
                 return Err(format!("ENI {} does not list EIP {}", a.eni, a.eip));

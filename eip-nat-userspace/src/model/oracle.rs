@@ -315,7 +315,11 @@ impl Oracle {
         let mut out = BTreeMap::new();
         for a in &self.assocs {
             let e = self.eni(&a.eni).unwrap();
-            let detached = if e.instance.is_none() { ADDR_DETACHED } else { 0 };
+            let detached = if e.instance.is_none() {
+                ADDR_DETACHED
+            } else {
+                0
+            };
             match (a.mode, a.private) {
                 (Mode::Nat, Some(p)) => {
                     out.insert(a.eip, (ADDR_IS_EIP | detached, p));
@@ -356,11 +360,7 @@ fn real_entries(state: &State) -> BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> {
     tables::all_entries(state)
         .into_iter()
         .map(|(addr, e)| {
-            let target = if e.is_eip() {
-                e.private_ip
-            } else {
-                e.eip
-            };
+            let target = if e.is_eip() { e.private_ip } else { e.eip };
             (addr, (e.flags, Ipv4Addr::from(target)))
         })
         .collect()
@@ -406,7 +406,11 @@ fn location() -> impl Strategy<Value = Location> {
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
-    prop_oneof![Just(Mode::Nat), Just(Mode::CutThrough), Just(Mode::MultiEip)]
+    prop_oneof![
+        Just(Mode::Nat),
+        Just(Mode::CutThrough),
+        Just(Mode::MultiEip)
+    ]
 }
 
 fn event() -> impl Strategy<Value = Event> {

@@ -6,9 +6,7 @@ use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
-use super::{
-    Association, Attachment, Eni, EniId, EniKind, Event, Location, Mode, State, Touched,
-};
+use super::{Association, Attachment, Eni, EniId, EniKind, Event, Location, Mode, State, Touched};
 
 /// Why an event was refused. Each message names the rule it broke;
 /// [`RuleError::code`] is the same rule as a stable identifier.
@@ -50,7 +48,9 @@ pub enum RuleError {
     SameInstance { eni: EniId, instance: String },
     #[error("instance {instance} still has secondary ENI {eni} attached: detach it first")]
     InstanceHasEnis { instance: String, eni: EniId },
-    #[error("{ip} is the primary private IP of ENI {eni}; only secondary private IPs can be revoked")]
+    #[error(
+        "{ip} is the primary private IP of ENI {eni}; only secondary private IPs can be revoked"
+    )]
     RevokePrimaryIp { eni: EniId, ip: Ipv4Addr },
     #[error("{ip} is not a private IP of ENI {eni}")]
     IpNotOnEni { eni: EniId, ip: Ipv4Addr },
@@ -58,13 +58,17 @@ pub enum RuleError {
     IpCarriesEip { ip: Ipv4Addr, eip: Ipv4Addr },
     #[error("EIP {eip} is already associated with ENI {eni}: an EIP has one target (disassociate it first)")]
     EipTaken { eip: Ipv4Addr, eni: EniId },
-    #[error("private IP {private_ip} already carries EIP {eip}: a private IP carries at most one EIP")]
+    #[error(
+        "private IP {private_ip} already carries EIP {eip}: a private IP carries at most one EIP"
+    )]
     PrivateTaken { private_ip: Ipv4Addr, eip: Ipv4Addr },
     #[error("ENI {eni} is a primary ENI and already carries EIP {eip}: a primary ENI carries at most one EIP")]
     PrimaryEniOneEip { eni: EniId, eip: Ipv4Addr },
     #[error("ENI {eni} is a primary ENI: it takes EIPs in NAT mode only, not {mode}")]
     PrimaryEniNatOnly { eni: EniId, mode: &'static str },
-    #[error("cut-through binds the EIP to ENI {eni}'s primary private IP {primary_ip}, not {given}")]
+    #[error(
+        "cut-through binds the EIP to ENI {eni}'s primary private IP {primary_ip}, not {given}"
+    )]
     CutThroughPrimaryIp {
         eni: EniId,
         primary_ip: Ipv4Addr,
@@ -187,7 +191,9 @@ fn valid_location(l: &Location) -> Result<(), RuleError> {
             || dev.len() > 15
             || dev == "."
             || dev == ".."
-            || dev.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+            || dev
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
         if bad {
             return Err(RuleError::InvalidName {
                 what: "interface",
@@ -606,7 +612,11 @@ impl State {
             .associations
             .remove(&eip)
             .ok_or(RuleError::UnknownEip(eip))?;
-        self.enis.get_mut(&a.eni).expect("indexed").eips.remove(&eip);
+        self.enis
+            .get_mut(&a.eni)
+            .expect("indexed")
+            .eips
+            .remove(&eip);
         self.free_slots.insert(a.slot);
         // Keep the slot bookkeeping canonical (free = the gaps below the
         // highest slot in use), so a state rebuilt from the store is equal.

@@ -76,11 +76,29 @@ fn main() {
     }
     let (eip, private) = (t.eip.to_string(), t.instance.addr.to_string());
     step(&format!(
-        "eip-nat associate --eip {eip} --private-ip {private}"
+        "eip-nat eni create --eni eni-demo --kind primary --primary-ip {private} --instance i-demo"
     ));
     print!(
         "   {}",
-        agent.cli_ok(&["associate", "--eip", &eip, "--private-ip", &private])
+        agent.cli_ok(&[
+            "eni",
+            "create",
+            "--eni",
+            "eni-demo",
+            "--kind",
+            "primary",
+            "--primary-ip",
+            &private,
+            "--instance",
+            "i-demo"
+        ])
+    );
+    step(&format!(
+        "eip-nat associate --eip {eip} --eni eni-demo   (NAT mode)"
+    ));
+    print!(
+        "   {}",
+        agent.cli_ok(&["associate", "--eip", &eip, "--eni", "eni-demo"])
     );
 
     let at_instance = Capture::start(&t.instance.ns, &t.instance.ifname);

@@ -76,10 +76,7 @@ fn an_eip_has_one_target_and_a_private_ip_one_eip() {
     let mut s = world();
     s.apply(&associate("203.0.113.1", "eni-p", None, Mode::Nat))
         .unwrap();
-    let e = refused(
-        &mut s,
-        associate("203.0.113.1", "eni-q", None, Mode::Nat),
-    );
+    let e = refused(&mut s, associate("203.0.113.1", "eni-q", None, Mode::Nat));
     assert_eq!(e.code(), "eip_has_one_target");
     assert!(e.to_string().contains("an EIP has one target"), "{e}");
     s.apply(&Event::AssignIp {
@@ -87,8 +84,13 @@ fn an_eip_has_one_target_and_a_private_ip_one_eip() {
         ip: ip("10.0.1.2"),
     })
     .unwrap();
-    s.apply(&associate("203.0.113.2", "eni-s", Some("10.0.1.2"), Mode::Nat))
-        .unwrap();
+    s.apply(&associate(
+        "203.0.113.2",
+        "eni-s",
+        Some("10.0.1.2"),
+        Mode::Nat,
+    ))
+    .unwrap();
     let e = refused(
         &mut s,
         associate("203.0.113.3", "eni-s", Some("10.0.1.2"), Mode::Nat),
@@ -155,7 +157,10 @@ fn multi_eip_has_a_quota_and_no_private_ip() {
         s.apply(&associate(eip, "eni-s", None, Mode::MultiEip))
             .unwrap();
     }
-    let e = refused(&mut s, associate("203.0.113.3", "eni-s", None, Mode::MultiEip));
+    let e = refused(
+        &mut s,
+        associate("203.0.113.3", "eni-s", None, Mode::MultiEip),
+    );
     assert_eq!(e.code(), "multi_eip_quota");
     assert!(e.to_string().contains("2 EIPs"), "{e}");
     let e = refused(&mut s, associate("203.0.113.3", "eni-s", None, Mode::Nat));
@@ -170,8 +175,13 @@ fn revoking_a_private_ip_that_carries_an_eip_is_refused() {
         ip: ip("10.0.1.2"),
     })
     .unwrap();
-    s.apply(&associate("203.0.113.1", "eni-s", Some("10.0.1.2"), Mode::Nat))
-        .unwrap();
+    s.apply(&associate(
+        "203.0.113.1",
+        "eni-s",
+        Some("10.0.1.2"),
+        Mode::Nat,
+    ))
+    .unwrap();
     let revoke = Event::RevokeIp {
         eni: "eni-s".into(),
         ip: ip("10.0.1.2"),
@@ -195,15 +205,26 @@ fn revoking_a_private_ip_that_carries_an_eip_is_refused() {
 #[test]
 fn deleting_an_attached_eni_is_refused() {
     let mut s = world();
-    let delete = Event::DeleteEni { eni: "eni-s".into() };
+    let delete = Event::DeleteEni {
+        eni: "eni-s".into(),
+    };
     let e = refused(&mut s, delete.clone());
     assert_eq!(e.code(), "eni_attached");
     assert!(e.to_string().contains("attached to i-1"), "{e}");
     assert_eq!(
-        refused(&mut s, Event::DeleteEni { eni: "eni-p".into() }).code(),
+        refused(
+            &mut s,
+            Event::DeleteEni {
+                eni: "eni-p".into()
+            }
+        )
+        .code(),
         "primary_eni_fixed"
     );
-    s.apply(&Event::DetachEni { eni: "eni-s".into() }).unwrap();
+    s.apply(&Event::DetachEni {
+        eni: "eni-s".into(),
+    })
+    .unwrap();
     s.apply(&delete).unwrap();
     assert!(s.eni("eni-s").is_none());
 }
@@ -218,8 +239,14 @@ fn moving_an_eni_takes_its_eips_along() {
         instance: instance.into(),
         location: via(at),
     };
-    assert_eq!(refused(&mut s, mv("i-1", "10.9.0.1")).code(), "same_instance");
-    assert_eq!(refused(&mut s, mv("i-9", "10.9.0.1")).code(), "unknown_instance");
+    assert_eq!(
+        refused(&mut s, mv("i-1", "10.9.0.1")).code(),
+        "same_instance"
+    );
+    assert_eq!(
+        refused(&mut s, mv("i-9", "10.9.0.1")).code(),
+        "unknown_instance"
+    );
     let t = s.apply(&mv("i-2", "10.9.0.2")).unwrap();
     assert!(t.addresses.contains(&ip("203.0.113.1")));
     assert_eq!(
@@ -235,7 +262,10 @@ fn an_instance_goes_with_its_primary_eni() {
         instance: "i-1".into(),
     };
     assert_eq!(refused(&mut s, term.clone()).code(), "instance_has_enis");
-    s.apply(&Event::DetachEni { eni: "eni-s".into() }).unwrap();
+    s.apply(&Event::DetachEni {
+        eni: "eni-s".into(),
+    })
+    .unwrap();
     s.apply(&term).unwrap();
     assert!(s.eni("eni-p").is_none());
     // Its address is free again.
@@ -294,7 +324,10 @@ fn a_full_table_refuses_and_slots_are_reused() {
     .unwrap();
     s.apply(&associate("203.0.113.1", "eni-s", None, Mode::MultiEip))
         .unwrap();
-    let e = refused(&mut s, associate("203.0.113.2", "eni-s", None, Mode::MultiEip));
+    let e = refused(
+        &mut s,
+        associate("203.0.113.2", "eni-s", None, Mode::MultiEip),
+    );
     assert_eq!(e.code(), "table_full");
     s.apply(&Event::Disassociate {
         eip: ip("203.0.113.1"),
@@ -311,7 +344,10 @@ fn events_are_plain_json() {
         r#"{"event":"associate","eip":"203.0.113.1","eni":"eni-s","mode":"cut-through"}"#,
     )
     .unwrap();
-    assert_eq!(ev, associate("203.0.113.1", "eni-s", None, Mode::CutThrough));
+    assert_eq!(
+        ev,
+        associate("203.0.113.1", "eni-s", None, Mode::CutThrough)
+    );
     assert!(serde_json::from_str::<Event>(r#"{"event":"associate","eip":"1.2.3"}"#).is_err());
     assert!(
         serde_json::from_str::<Event>(r#"{"event":"detach_eni","eni":"e","extra":1}"#).is_err()

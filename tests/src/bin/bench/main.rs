@@ -14,10 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eip_nat::{
-    control::{self, Request, Response},
-    rig::{Generator, NoopRedirect, Sink, Traffic},
-};
+use eip_nat::rig::{Generator, NoopRedirect, Sink, Traffic};
 use integration_tests::{
     agent::Agent,
     netns::{ifindex, in_netns, ns_sh, veth, End, Namespaces},
@@ -257,14 +254,10 @@ fn start_peer(peer: Peer, r: &Rig) -> Gateway {
             };
             let agent = Agent::start(gw, &r.gw_public.ifname, &r.gw_private.ifname, extra);
             for k in 0..EIPS {
-                let req = Request::Associate {
-                    eip: nth(EIP_BASE, k),
-                    private_ip: nth(PRIVATE_BASE, k),
-                };
-                match control::call(&agent.socket, &req).expect("associate") {
-                    Response::Ok(_) => {}
-                    other => panic!("{req:?}: {other:?}"),
-                }
+                agent.nat(
+                    &nth(EIP_BASE, k).to_string(),
+                    &nth(PRIVATE_BASE, k).to_string(),
+                );
             }
             Gateway::Agent(agent)
         }

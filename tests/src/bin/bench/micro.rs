@@ -2,19 +2,21 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::unix::net::UnixStream,
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use eip_nat::{
-    associations::Association,
-    control::{self, Request, Response},
+    api::Batch,
+    client::Client,
     datapath::{Datapath, LoadOptions},
+    model::{EniKind, Event, Mode},
 };
-use eip_nat_common::Config;
+use eip_nat_common::{
+    maps::{ADDR_IS_EIP, ADDR_IS_PRIVATE},
+    AddrEntry, Config,
+};
 use integration_tests::{
     agent::Agent,
     netns::{in_netns, Topology},
@@ -62,20 +64,35 @@ fn loaded(n: u32) -> Datapath {
         ..Default::default()
     })
     .expect("load");
+    // Each address has one role: the reverse pair would make P0 both an
+    // EIP and a private IP, so E0 and P0 carry both halves instead.
+    let mut put = |addr: Ipv4Addr, e: AddrEntry| dp.put_entry(addr, Some(e)).expect("insert");
     for k in 0..n {
-        let a = Association {
-            eip: addr([11, 0, 0, 0], k),
-            private_ip: addr([10, 1, 0, 0], k),
-            slot: k,
+        let (eip, private) = (addr([11, 0, 0, 0], k), addr([10, 1, 0, 0], k));
+        let mut e = AddrEntry {
+            flags: ADDR_IS_EIP,
+            private_ip: private.octets(),
+            eip_slot: k,
+            ..Default::default()
         };
-        dp.insert(&a).expect("insert");
+        let mut p = AddrEntry {
+            flags: ADDR_IS_PRIVATE,
+            eip: eip.octets(),
+            private_slot: k,
+            ..Default::default()
+        };
+        if k == 0 {
+            // Backwards too: P0 → E0 inbound, E0 → P0 outbound.
+            e.flags |= ADDR_IS_PRIVATE;
+            e.eip = private.octets();
+            e.private_slot = n;
+            p.flags |= ADDR_IS_EIP;
+            p.private_ip = eip.octets();
+            p.eip_slot = n;
+        }
+        put(eip, e);
+        put(private, p);
     }
-    let back = Association {
-        eip: addr([10, 1, 0, 0], 0),
-        private_ip: addr([11, 0, 0, 0], 0),
-        slot: n,
-    };
-    dp.insert(&back).expect("insert reverse");
     dp
 }
 
@@ -118,6 +135,7 @@ pub fn per_packet() -> Vec<Row> {
         for _ in 0..ROUNDS {
             for (i, (_, public, private, frame)) in cases.iter().enumerate() {
                 dp.set_config(Config {
+                    generation: 0,
                     public_ifindex: *public,
                     private_ifindex: *private,
                     flags: 0,
@@ -189,33 +207,36 @@ pub struct ControlPlane {
     pub latency_us_p99: f64,
 }
 
-/// Streams `n` associate requests over one control connection, pipelined.
-fn bulk_load(socket: &std::path::Path, n: u32) -> Duration {
-    let stream = UnixStream::connect(socket).expect("connect");
-    let reader = stream.try_clone().unwrap();
+/// Loads `n` associations in batches (a primary ENI and an association
+/// each), as a cloud control plane resyncing a gateway would.
+fn bulk_load(client: &Client, n: u32) -> Duration {
+    const PER_BATCH: u32 = 25_000;
     let start = Instant::now();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut w = std::io::BufWriter::new(stream);
-            for k in 0..n {
-                let req = Request::Associate {
-                    eip: addr([11, 0, 0, 0], k),
-                    private_ip: addr([10, 1, 0, 0], k),
-                };
-                serde_json::to_writer(&mut w, &req).unwrap();
-                w.write_all(b"\n").unwrap();
-            }
-            w.flush().unwrap();
-        });
-        let mut lines = BufReader::new(reader).lines();
-        for k in 0..n {
-            let line = lines.next().expect("a response per request").unwrap();
-            match serde_json::from_str::<Response>(&line).unwrap() {
-                Response::Ok(_) => {}
-                other => panic!("association {k}: {other:?}"),
-            }
+    for first in (0..n).step_by(PER_BATCH as usize) {
+        let mut events = Vec::new();
+        for k in first..n.min(first + PER_BATCH) {
+            let private_ip = addr([10, 1, 0, 0], k);
+            events.push(Event::CreateEni {
+                eni: format!("eni-{k}"),
+                kind: EniKind::Primary,
+                primary_ip: private_ip,
+                instance: Some(format!("i-{k}")),
+                location: Default::default(),
+            });
+            events.push(Event::Associate {
+                eip: addr([11, 0, 0, 0], k),
+                eni: format!("eni-{k}"),
+                private_ip: None,
+                mode: Mode::Nat,
+            });
         }
-    });
+        client
+            .batch(&Batch {
+                events,
+                if_generation: None,
+            })
+            .expect("batch");
+    }
     start.elapsed()
 }
 
@@ -230,7 +251,16 @@ pub fn control_plane(quick: bool) -> ControlPlane {
         &["--max-associations", &max, "--log-level", "warn"],
     );
     eprintln!("control plane: loading {n} associations…");
-    let load = bulk_load(&agent.socket, n);
+    let api = agent.client();
+    let load = bulk_load(&api, n);
+    api.event(&Event::CreateEni {
+        eni: "eni-instance".into(),
+        kind: EniKind::Primary,
+        primary_ip: t.instance.addr,
+        instance: Some("i-instance".into()),
+        location: Default::default(),
+    })
+    .expect("instance ENI");
     eprintln!("  {:.1} s", load.as_secs_f64());
 
     // Latency: associate a fresh EIP while the internet sends to it; time
@@ -245,15 +275,13 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     let samples = if quick { 50 } else { 200 };
     for i in 0..samples {
         let eip = Ipv4Addr::new(203, 0, 113, 20 + i as u8);
-        let ok = |r: Response| assert!(matches!(r, Response::Ok(_)), "{r:?}");
-        ok(control::call(
-            &agent.socket,
-            &Request::Associate {
-                eip,
-                private_ip: t.instance.addr,
-            },
-        )
-        .unwrap());
+        api.event(&Event::Associate {
+            eip,
+            eni: "eni-instance".into(),
+            private_ip: None,
+            mode: Mode::Nat,
+        })
+        .expect("associate");
         let t0 = Instant::now();
         let arrived = loop {
             client
@@ -272,7 +300,8 @@ pub fn control_plane(quick: bool) -> ControlPlane {
                 .as_secs_f64()
                 * 1e6,
         );
-        ok(control::call(&agent.socket, &Request::Disassociate { eip }).unwrap());
+        api.event(&Event::Disassociate { eip })
+            .expect("disassociate");
         while server.recv_from(&mut buf).is_ok() {}
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -1,0 +1,141 @@
+//! A client of the agent's API over its Unix socket: what the CLI and the
+//! tests use.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Serialize};
+use thiserror::Error;
+
+use crate::{
+    api::{ApiError, Batch, ErrorBody, Generation, StateView, Stats},
+    model::Event,
+};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path} (is `eip-nat agent` running, and are you root?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the agent")]
+    Io(#[from] std::io::Error),
+    #[error("talking to the agent")]
+    Http(#[from] hyper::Error),
+    #[error("the agent's answer is not understood")]
+    Protocol(#[from] serde_json::Error),
+    /// The agent answered with an error.
+    #[error("{}: {}", .error.kind, .error.message)]
+    Api { status: u16, error: ApiError },
+}
+
+impl ClientError {
+    /// The API's error, when the agent gave one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            Self::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self {
+            socket: socket.as_ref().to_path_buf(),
+        }
+    }
+
+    /// One request; returns the status and the body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "eip-nat")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a valid request");
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        drop(sender);
+        let _ = conn.await;
+        Ok((status, bytes))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let (status, bytes) = self.raw(method, path, body).await?;
+        if status.is_success() {
+            Ok(serde_json::from_slice(&bytes)?)
+        } else {
+            let e: ErrorBody = serde_json::from_slice(&bytes)?;
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                error: e.error,
+            })
+        }
+    }
+
+    fn blocking<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(f)
+    }
+
+    pub fn event(&self, event: &Event) -> Result<Generation, ClientError> {
+        self.blocking(self.call(Method::POST, "/v1/events", Some(event)))
+    }
+
+    pub fn batch(&self, batch: &Batch) -> Result<Generation, ClientError> {
+        self.blocking(self.call(Method::POST, "/v1/batch", Some(batch)))
+    }
+
+    pub fn state(&self) -> Result<StateView, ClientError> {
+        self.blocking(self.call(Method::GET, "/v1/state", None::<&()>))
+    }
+
+    pub fn generation(&self) -> Result<Generation, ClientError> {
+        self.blocking(self.call(Method::GET, "/v1/generation", None::<&()>))
+    }
+
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        self.blocking(self.call(Method::GET, "/v1/stats", None::<&()>))
+    }
+
+    /// Any GET, as JSON (the OpenAPI document, say).
+    pub fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.blocking(self.call(Method::GET, path, None::<&()>))
+    }
+}

@@ -1,0 +1,192 @@
+//! The agent's configuration: a TOML file (every key optional), with
+//! command-line flags taking precedence. `eip-nat agent --print-config`
+//! shows the result.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{api::DEFAULT_SOCKET, datapath::AttachMode, model::Limits};
+
+pub const DEFAULT_CONFIG: &str = "/etc/eip-nat/eip-nat.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/eip-nat";
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/eip-nat";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {0}")]
+    Read(String, #[source] std::io::Error),
+    #[error("{0}")]
+    Parse(String, #[source] toml::de::Error),
+    #[error("{0} is required (flag or config file)")]
+    Missing(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file's keys; the same names as the flags, with `_` for `-`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub public_if: Option<String>,
+    pub private_if: Option<String>,
+    pub xdp_mode: Option<AttachMode>,
+    pub fast_path: Option<bool>,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub bpffs_dir: Option<PathBuf>,
+    pub max_associations: Option<u32>,
+    pub multi_eip_quota: Option<u32>,
+    pub log_level: Option<String>,
+    pub detach_on_exit: Option<bool>,
+    pub tcp_listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file is an empty config only when it is the
+    /// default path (no file is needed when every flag is given).
+    pub fn read(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(ConfigError::Read(path.display().to_string(), e)),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.display().to_string(), e))
+    }
+
+    /// `self`, with every key `over` sets replaced.
+    pub fn overridden_by(self, over: FileConfig) -> Self {
+        macro_rules! pick {
+            ($($f:ident),*) => { Self { $($f: over.$f.or(self.$f)),* } };
+        }
+        pick!(
+            public_if,
+            private_if,
+            xdp_mode,
+            fast_path,
+            socket,
+            state_dir,
+            bpffs_dir,
+            max_associations,
+            multi_eip_quota,
+            log_level,
+            detach_on_exit,
+            tcp_listen,
+            token_file
+        )
+    }
+}
+
+/// The configuration in effect, defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentConfig {
+    pub public_if: String,
+    pub private_if: String,
+    pub xdp_mode: AttachMode,
+    /// Forward translated packets with bpf_fib_lookup + XDP_REDIRECT; when
+    /// off, every translated packet goes to the kernel's stack.
+    pub fast_path: bool,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub limits: Limits,
+    pub log_level: String,
+    /// Remove the datapath (links, maps, routes) when the agent stops;
+    /// by default it stays, serving packets, for the next agent.
+    pub detach_on_exit: bool,
+    pub tcp_listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl TryFrom<FileConfig> for AgentConfig {
+    type Error = ConfigError;
+
+    fn try_from(f: FileConfig) -> Result<Self, ConfigError> {
+        let defaults = Limits::default();
+        let cfg = Self {
+            public_if: f.public_if.ok_or(ConfigError::Missing("public_if"))?,
+            private_if: f.private_if.ok_or(ConfigError::Missing("private_if"))?,
+            xdp_mode: f.xdp_mode.unwrap_or_default(),
+            fast_path: f.fast_path.unwrap_or(true),
+            socket: f.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            state_dir: f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            bpffs_dir: f.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
+            limits: Limits {
+                max_associations: f.max_associations.unwrap_or(defaults.max_associations),
+                multi_eip_quota: f.multi_eip_quota.unwrap_or(defaults.multi_eip_quota),
+            },
+            log_level: f.log_level.unwrap_or_else(|| "info".into()),
+            detach_on_exit: f.detach_on_exit.unwrap_or(false),
+            tcp_listen: f.tcp_listen,
+            token_file: f.token_file,
+        };
+        if cfg.public_if == cfg.private_if {
+            return Err(ConfigError::Invalid(
+                "public_if and private_if must be different interfaces".into(),
+            ));
+        }
+        if cfg.limits.max_associations == 0 || cfg.limits.multi_eip_quota == 0 {
+            return Err(ConfigError::Invalid(
+                "max_associations and multi_eip_quota must be at least 1".into(),
+            ));
+        }
+        if cfg.tcp_listen.is_some() && cfg.token_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "tcp_listen needs token_file: the TCP listener only serves requests that carry the token".into(),
+            ));
+        }
+        if cfg.log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "log_level {:?} is not one of off, error, warn, info, debug, trace",
+                cfg.log_level
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str(
+            "public_if = \"eth0\"\nprivate_if = \"eth1\"\nmulti_eip_quota = 4\nfast_path = false\n",
+        )
+        .unwrap();
+        let flags = FileConfig {
+            private_if: Some("eth2".into()),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::try_from(file.overridden_by(flags)).unwrap();
+        assert_eq!(cfg.public_if, "eth0");
+        assert_eq!(cfg.private_if, "eth2");
+        assert_eq!(cfg.limits.multi_eip_quota, 4);
+        assert!(!cfg.fast_path);
+        assert_eq!(cfg.state_dir, Path::new(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let e = toml::from_str::<FileConfig>("public_iface = \"eth0\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let tcp = FileConfig {
+            public_if: Some("a".into()),
+            private_if: Some("b".into()),
+            tcp_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = AgentConfig::try_from(tcp).unwrap_err();
+        assert!(e.to_string().contains("token_file"), "{e}");
+        let e = AgentConfig::try_from(FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("public_if is required"), "{e}");
+    }
+}
