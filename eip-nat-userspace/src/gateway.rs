@@ -29,13 +29,19 @@ pub enum GatewayError {
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
     Stale { expected: u64, current: u64 },
     #[error("recording the change failed; nothing changed")]
-    Store(#[from] StoreError),
+    Store(#[source] Box<StoreError>),
     #[error("the change is recorded (generation {generation}) but the datapath did not take it; it is retried on the next change or restart")]
     Datapath {
         generation: u64,
         #[source]
-        source: ApplyError,
+        source: Box<ApplyError>,
     },
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Box::new(e))
+    }
 }
 
 impl GatewayError {
@@ -113,9 +119,10 @@ impl Gateway {
             datapath,
             routes,
         };
-        let report = gw
-            .reconcile()
-            .map_err(|source| GatewayError::Datapath { generation, source })?;
+        let report = gw.reconcile().map_err(|source| GatewayError::Datapath {
+            generation,
+            source: Box::new(source),
+        })?;
         Ok((gw, report))
     }
 
@@ -254,11 +261,14 @@ impl Gateway {
             // An earlier change did not reach the datapath: redo all.
             self.reconcile().map(|_| ())
         };
-        applied.map_err(|source| GatewayError::Datapath { generation, source })?;
+        applied.map_err(|source| GatewayError::Datapath {
+            generation,
+            source: Box::new(source),
+        })?;
         self.mark_applied(generation)
             .map_err(|e| GatewayError::Datapath {
                 generation,
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
         Ok(self.generation())
     }

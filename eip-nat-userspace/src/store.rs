@@ -30,10 +30,10 @@ pub enum StoreError {
     Open {
         path: String,
         #[source]
-        source: redb::DatabaseError,
+        source: Box<redb::DatabaseError>,
     },
     #[error("the state store")]
-    Db(#[from] redb::Error),
+    Db(#[source] Box<redb::Error>),
     #[error("the state store holds a record that does not parse ({what})")]
     Corrupt {
         what: String,
@@ -54,7 +54,7 @@ pub enum StoreError {
 
 macro_rules! db {
     ($e:expr) => {
-        $e.map_err(|e| StoreError::Db(e.into()))
+        $e.map_err(|e| StoreError::Db(Box::new(e.into())))
     };
 }
 
@@ -92,7 +92,7 @@ impl Store {
         let path = dir.join(FILE);
         let db = Database::create(&path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let mut store = Self::init(db)?;
         store._lock = Some(lock);
