@@ -8,7 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
     gateway::Gateway,
-    model::{Event, Limits},
+    model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
     maps::FLAG_FAST_PATH,
@@ -1017,5 +1017,230 @@ fn icmp_errors_that_cannot_be_translated_are_dropped() {
         Direction::Inbound,
         &input,
         &expected,
+    );
+}
+
+// ---- Association modes: cut-through, multi-EIP, detached ENIs ----
+
+const SECONDARY: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 30);
+const EIP_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+const EIP_C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 31);
+
+/// The harness plus a secondary ENI `eni-s` (primary IP SECONDARY),
+/// attached to the instance of PRIVATE, with `eips` associated in `mode`.
+/// Per-EIP counters are then those of the first of `eips`.
+fn with_secondary(mode: Mode, eips: &[Ipv4Addr]) -> Harness {
+    let mut h = Harness::new();
+    for ev in [
+        Event::CreateEni {
+            eni: "eni-s".into(),
+            kind: EniKind::Secondary,
+            primary_ip: SECONDARY,
+            instance: None,
+            location: Default::default(),
+        },
+        Event::AttachEni {
+            eni: "eni-s".into(),
+            instance: format!("i-{PRIVATE}"),
+            location: Default::default(),
+        },
+    ] {
+        h.gw.apply(&ev).unwrap();
+    }
+    for eip in eips {
+        h.gw.apply(&Event::Associate {
+            eip: *eip,
+            eni: "eni-s".into(),
+            private_ip: None,
+            mode,
+        })
+        .unwrap();
+    }
+    h.slot = h.gw.association(eips[0]).unwrap().slot;
+    h
+}
+
+#[test]
+fn cut_through_eip_travels_unchanged_and_replaces_the_private_ip() {
+    let mut h = with_secondary(Mode::CutThrough, &[EIP_B]);
+    // Inbound and outbound alike: the frame leaves as it came (checksums
+    // included), counted for the EIP.
+    let inbound_pkt = tcp(INTERNET, 40000, EIP_B, 443, 0x02, b"hello");
+    h.translated(
+        "cut-through in",
+        Direction::Inbound,
+        &inbound_pkt,
+        &inbound_pkt,
+    );
+    let outbound_pkt = udp(EIP_B, 443, INTERNET, 40000, b"reply", true);
+    h.translated(
+        "cut-through out, EIP as source is not spoofing",
+        Direction::Outbound,
+        &outbound_pkt,
+        &outbound_pkt,
+    );
+    // The ENI's private IP is gone, both ways.
+    let to_private = udp(INTERNET, 1, SECONDARY, 2, b"x", true).frame();
+    h.dropped(
+        "to the replaced private IP",
+        &to_private,
+        Verdict::DropPrivateDisabled,
+    );
+    let from_private = udp(SECONDARY, 2, INTERNET, 1, b"x", true).frame();
+    h.case(
+        "from the replaced private IP",
+        Direction::Outbound,
+        &from_private,
+        Verdict::DropPrivateDisabled,
+        &[],
+        NONE,
+    );
+    // From the Internet, the EIP as a source is still spoofing.
+    let spoof = udp(EIP_B, 1, EIP_B, 2, b"x", true).frame();
+    h.dropped(
+        "EIP as source from outside",
+        &spoof,
+        Verdict::DropSpoofedEip,
+    );
+}
+
+#[test]
+fn multi_eip_travels_unchanged_and_the_private_ip_keeps_working() {
+    let mut h = with_secondary(Mode::MultiEip, &[EIP_B, EIP_C]);
+    for eip in [EIP_B, EIP_C] {
+        h.slot = h.gw.association(eip).unwrap().slot;
+        let p = udp(INTERNET, 1000, eip, 53, b"query", true);
+        h.translated("multi-EIP in", Direction::Inbound, &p, &p);
+        let p = udp(eip, 53, INTERNET, 1000, b"answer", false);
+        h.translated("multi-EIP out", Direction::Outbound, &p, &p);
+    }
+    let from_private = udp(SECONDARY, 2, INTERNET, 1, b"x", true).frame();
+    h.untouched(
+        "the ENI's private IP is not touched",
+        Direction::Outbound,
+        &from_private,
+        Verdict::NoMapping,
+    );
+}
+
+#[test]
+fn hairpin_from_nat_to_a_passthrough_eip() {
+    let mut h = with_secondary(Mode::MultiEip, &[EIP_B]);
+    // The NAT instance reaches the multi-EIP ENI by its EIP: source
+    // translated, destination left as the ENI owns it.
+    let input = udp(PRIVATE, 5000, EIP_B, 80, b"hi", true);
+    let expected = udp(EIP, 5000, EIP_B, 80, b"hi", true).frame();
+    let n = ip_len(&input) as u64;
+    let before = (h.eip(), h.gw.datapath_mut().eip_counters(h.slot).unwrap());
+    let nat_slot = h.gw.association(EIP).unwrap().slot;
+    h.slot = nat_slot;
+    h.case(
+        "hairpin NAT → multi-EIP",
+        Direction::Outbound,
+        &input.frame(),
+        Verdict::Translated,
+        &expected,
+        outbound(n as usize),
+    );
+    let b = h.gw.association(EIP_B).unwrap().slot;
+    let after = h.gw.datapath_mut().eip_counters(b).unwrap();
+    assert_eq!(after.in_packets - before.1.in_packets, 1);
+}
+
+#[test]
+fn a_detached_enis_addresses_are_dropped_until_it_is_attached_again() {
+    let mut h = with_secondary(Mode::Nat, &[EIP_B]);
+    h.gw.apply(&Event::DetachEni {
+        eni: "eni-s".into(),
+    })
+    .unwrap();
+    let to_eip = udp(INTERNET, 1, EIP_B, 2, b"x", true).frame();
+    h.dropped("to a detached ENI's EIP", &to_eip, Verdict::DropEniDetached);
+    let from_private = udp(SECONDARY, 2, INTERNET, 1, b"x", true).frame();
+    h.case(
+        "from a detached ENI's private IP",
+        Direction::Outbound,
+        &from_private,
+        Verdict::DropEniDetached,
+        &[],
+        NONE,
+    );
+    h.gw.apply(&Event::AttachEni {
+        eni: "eni-s".into(),
+        instance: format!("i-{PRIVATE}"),
+        location: Default::default(),
+    })
+    .unwrap();
+    let p = udp(INTERNET, 1, EIP_B, 2, b"x", true);
+    let q = udp(INTERNET, 1, SECONDARY, 2, b"x", true);
+    h.translated("attached again", Direction::Inbound, &p, &q);
+}
+
+/// Random events through the real gateway into the real maps: after each
+/// one, the maps hold exactly what the model says (the property test in
+/// `model/oracle.rs` checks the model against an oracle of the rules).
+#[test]
+fn the_maps_follow_random_events() {
+    let mut h = Harness::new();
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut accepted, mut refused, mut most) = (0, 0, 0);
+    for _ in 0..3000 {
+        let eni = format!("eni-{}", next(4));
+        let ip = |k: u64| Ipv4Addr::new(10, 9, 0, k as u8 + 1);
+        let eip = |k: u64| Ipv4Addr::new(203, 0, 113, 100 + k as u8);
+        let ev = match next(9) {
+            0 => Event::CreateEni {
+                eni,
+                kind: if next(3) == 0 {
+                    EniKind::Primary
+                } else {
+                    EniKind::Secondary
+                },
+                primary_ip: ip(next(8)),
+                instance: (next(2) == 0).then(|| format!("i-{}", next(3))),
+                location: Default::default(),
+            },
+            1 => Event::AttachEni {
+                eni,
+                instance: format!("i-{}", next(3)),
+                location: Default::default(),
+            },
+            2 => Event::DetachEni { eni },
+            3 => Event::AssignIp {
+                eni,
+                ip: ip(next(8)),
+            },
+            4 | 5 => Event::Associate {
+                eip: eip(next(6)),
+                eni,
+                private_ip: (next(2) == 0).then(|| ip(next(8))),
+                mode: [Mode::Nat, Mode::CutThrough, Mode::MultiEip][next(3) as usize],
+            },
+            6 => Event::Disassociate { eip: eip(next(6)) },
+            7 => Event::DeleteEni { eni },
+            _ => Event::RevokeIp {
+                eni,
+                ip: ip(next(8)),
+            },
+        };
+        match h.gw.apply(&ev) {
+            Ok(_) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+        let maps: std::collections::BTreeMap<_, _> =
+            h.gw.datapath_mut().entries().unwrap().into_iter().collect();
+        assert_eq!(maps, tables::all_entries(h.gw.state()), "after {ev:?}");
+        most = most.max(h.gw.state().associations().count());
+    }
+    // The walk went somewhere: both answers, several associations at once.
+    assert!(
+        accepted > 100 && refused > 100 && most >= 4,
+        "{accepted} accepted, {refused} refused, at most {most} associations"
     );
 }
