@@ -134,6 +134,12 @@ impl Client {
         self.blocking(self.call(Method::GET, "/v1/stats", None::<&()>))
     }
 
+    /// POSTs an empty body to `path`; returns the status.
+    pub fn post_empty(&self, path: &str) -> u16 {
+        self.blocking(self.raw(Method::POST, path, None))
+            .map_or(0, |(status, _)| status.as_u16())
+    }
+
     /// Any GET, as JSON (the OpenAPI document, say).
     pub fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.blocking(self.call(Method::GET, path, None::<&()>))

@@ -36,6 +36,9 @@ const NLM_F_DUMP: u16 = 0x300;
 const RT_TABLE_MAIN: u8 = 254;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
+/// On delete: any scope (fib_table_delete() matches a route's scope only
+/// when one other than RT_SCOPE_NOWHERE is given).
+const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -239,7 +242,7 @@ impl Routes {
             RTM_DELROUTE,
             NLM_F_REQUEST | NLM_F_ACK,
             addr,
-            RT_SCOPE_UNIVERSE,
+            RT_SCOPE_NOWHERE,
         );
         match self.send(m).and_then(|()| self.receive(|_| {})) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),

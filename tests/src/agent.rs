@@ -65,6 +65,8 @@ pub struct Agent {
     pub home: std::sync::Arc<AgentHome>,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Namespace, public and private interface.
+    started_with: (String, String, String),
 }
 
 impl Agent {
@@ -74,6 +76,12 @@ impl Agent {
         let mut args = vec!["--detach-on-exit"];
         args.extend_from_slice(extra);
         Self::start_in(AgentHome::new(ns), ns, public_if, private_if, &args)
+    }
+
+    /// [`Agent::start`] on the gateway of a topology.
+    pub fn on(t: &impl crate::netns::WithGateway, extra: &[&str]) -> Self {
+        let (public, private) = t.gateway();
+        Self::start(&public.ns, &public.ifname, &private.ifname, extra)
     }
 
     /// Starts an agent in `home`, which an earlier agent may have used:
@@ -126,6 +134,7 @@ impl Agent {
             home,
             socket,
             log,
+            started_with: (ns.into(), public_if.into(), private_if.into()),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -174,6 +183,11 @@ impl Agent {
     pub fn stats(&self) -> Stats {
         let json = self.cli_ok(&["stats", "--json"]);
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}: {json}"))
+    }
+
+    /// Namespace, public and private interface, to start a successor.
+    pub fn started_with(&self) -> (String, String, String) {
+        self.started_with.clone()
     }
 
     pub fn client(&self) -> Client {

@@ -299,6 +299,23 @@ impl Topology {
     }
 }
 
+/// A topology with a gateway: its public and private ends.
+pub trait WithGateway {
+    fn gateway(&self) -> (&End, &End);
+}
+
+impl WithGateway for Topology {
+    fn gateway(&self) -> (&End, &End) {
+        (&self.gw_public, &self.gw_private)
+    }
+}
+
+impl WithGateway for TwoInstances {
+    fn gateway(&self) -> (&End, &End) {
+        (&self.gw_public, &self.gw_private)
+    }
+}
+
 impl Default for Topology {
     fn default() -> Self {
         Self::new()

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
     time::Duration,
 };
@@ -14,9 +14,8 @@ use integration_tests::{
     netns::{in_netns, ns_sh, Topology},
     packet::{parse_and_verify, Parsed, ICMP, UDP},
     require_root, setsockopt,
+    sockets::{accept_within, sa, udp_socket, TIMEOUT},
 };
-
-const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Agent first: fields drop in order, so the agent stops before its
 /// namespaces go.
@@ -28,12 +27,7 @@ struct Setup {
 fn setup_with(extra: &[&str], associate: bool) -> Setup {
     require_root();
     let t = Topology::new();
-    let agent = Agent::start(
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        extra,
-    );
+    let agent = Agent::on(&t, extra);
     if associate {
         agent.nat(&t.eip.to_string(), &t.instance.addr.to_string());
     }
@@ -42,39 +36,6 @@ fn setup_with(extra: &[&str], associate: bool) -> Setup {
 
 fn setup() -> Setup {
     setup_with(&[], true)
-}
-
-fn udp_socket(ns: &str, addr: SocketAddrV4) -> UdpSocket {
-    let s = in_netns(ns, || UdpSocket::bind(addr).expect("bind udp"));
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
-
-/// `accept` bounded in time, so a failed connect fails the test instead of
-/// hanging it.
-fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, SocketAddr) {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((conn, peer)) => {
-                conn.set_nonblocking(false).unwrap();
-                return (conn, peer);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no connection arrived"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-}
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
 }
 
 /// Captured IPv4 frames, each verified (IPv4 and L4 checksums) and parsed.
@@ -516,12 +477,7 @@ fn agent_names_missing_sysctls() {
             &format!("net.ipv4.conf.{}.rp_filter=1", t.gw_private.ifname),
         ],
     );
-    let agent = Agent::start(
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        &[],
-    );
+    let agent = Agent::on(&t, &[]);
     let log = agent.log_text();
     assert!(log.contains("net.ipv4.ip_forward is not 1"), "{log}");
     assert!(
@@ -739,12 +695,7 @@ fn expiring_ttl_gets_time_exceeded() {
 fn hairpin_tcp(extra: &[&str]) {
     require_root();
     let t = integration_tests::netns::TwoInstances::new();
-    let agent = Agent::start(
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        extra,
-    );
+    let agent = Agent::on(&t, extra);
     let eips = [
         Ipv4Addr::new(203, 0, 113, 11),
         Ipv4Addr::new(203, 0, 113, 12),

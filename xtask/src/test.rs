@@ -84,7 +84,7 @@ pub fn run() -> Result<()> {
             ])],
         ),
         (
-            "host unit tests (checksums, parsing, association rules, sysctls, protocol)",
+            "host unit tests (checksums, parsing, the association rules against an oracle, store, config, sysctls)",
             vec![
                 cargo(&[
                     "test",
@@ -108,6 +108,10 @@ pub fn run() -> Result<()> {
         (
             "netns integration tests (real agent, real traffic)",
             vec![root_test("netns")],
+        ),
+        (
+            "control-plane netns tests (modes, ENI move, restarts under traffic, kill -9, API)",
+            vec![root_test("control")],
         ),
     ];
     let mut done = Vec::new();
