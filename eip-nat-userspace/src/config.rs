@@ -175,6 +175,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let file: FileConfig = toml::from_str(include_str!("../../contrib/eip-nat.toml")).unwrap();
+        let cfg = AgentConfig::try_from(file).unwrap();
+        let defaults = AgentConfig::try_from(FileConfig {
+            public_if: Some("eth0".into()),
+            private_if: Some("eth1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg, defaults);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_a_reason() {
         let e = toml::from_str::<FileConfig>("public_iface = \"eth0\"").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{
-    extract::{rejection::JsonRejection, Request, State},
+    extract::{rejection::JsonRejection, DefaultBodyLimit, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -18,6 +18,9 @@ use crate::{
 };
 
 pub type Shared = Arc<Mutex<Gateway>>;
+
+/// Largest request body the API takes.
+pub const MAX_BODY: usize = 64 << 20;
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
     let body = ErrorBody {
@@ -149,6 +152,9 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/events", post(event))
         .route("/v1/batch", post(batch))
+        // A resync of a large gateway is one big batch: 64 MiB holds about
+        // half a million events.
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
         .with_state(gw)
 }
