@@ -80,6 +80,9 @@ pub struct Gateway {
     datapath: Datapath,
     /// None: leave the routing table alone (test-run harnesses).
     routes: Option<Routes>,
+    /// The addresses that have a route of ours, so that an address that
+    /// never had one costs no netlink round trip.
+    routed: std::collections::BTreeSet<Ipv4Addr>,
 }
 
 /// An error and its sources on one line.
@@ -118,6 +121,7 @@ impl Gateway {
             store,
             datapath,
             routes,
+            routed: Default::default(),
         };
         let report = gw.reconcile().map_err(|source| GatewayError::Datapath {
             generation,
@@ -161,6 +165,7 @@ impl Gateway {
                     r.routes_written += 1;
                 }
             }
+            self.routed = desired.into_keys().collect();
         }
         self.mark_applied(self.generation)?;
         Ok(r)
@@ -285,8 +290,15 @@ impl Gateway {
                 .put_entry(*addr, tables::entry_for(&self.state, *addr))?;
             if let Some(routes) = &mut self.routes {
                 match tables::route_for(&self.state, *addr) {
-                    Some(location) => routes.replace(*addr, &location)?,
-                    None => routes.delete(*addr)?,
+                    Some(location) => {
+                        routes.replace(*addr, &location)?;
+                        self.routed.insert(*addr);
+                    }
+                    None if self.routed.contains(addr) => {
+                        routes.delete(*addr)?;
+                        self.routed.remove(addr);
+                    }
+                    None => {}
                 }
             }
         }

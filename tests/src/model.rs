@@ -8,7 +8,22 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use eip_nat_common::{AddrEntry, Direction, Verdict};
+use eip_nat_common::{
+    maps::{ADDR_DETACHED, ADDR_PRIVATE_DISABLED},
+    AddrEntry, Direction, Verdict,
+};
+
+/// Why packets to or from an address are dropped whatever else it is: a
+/// cut-through ENI's replaced private IP, a detached ENI's address.
+fn blocked(e: &AddrEntry) -> Option<Verdict> {
+    if e.flags & ADDR_PRIVATE_DISABLED != 0 {
+        Some(Verdict::DropPrivateDisabled)
+    } else if e.flags & ADDR_DETACHED != 0 {
+        Some(Verdict::DropEniDetached)
+    } else {
+        None
+    }
+}
 
 /// One's-complement arithmetic, again, on its own (RFC 1071, RFC 1624 eqn 3).
 mod ones {
@@ -78,6 +93,10 @@ fn rewrite(
     l4_at: Option<(usize, bool)>,
 ) -> (u16, u16, Option<(u16, u16)>) {
     let old = addr_at(f, at);
+    if old == new {
+        let check = l4_at.map(|(l4_at, _)| (be16(f, l4_at), be16(f, l4_at)));
+        return (be16(f, ip_check_at), be16(f, ip_check_at), check);
+    }
     f[at..at + 4].copy_from_slice(&new);
     let (ow, nw) = (ones::words(old), ones::words(new));
     let ip_before = be16(f, ip_check_at);
@@ -165,19 +184,33 @@ fn translate(
 
     // Which addresses change: source (outbound private IP), destination (an
     // EIP, either side); spoofed sources dropped.
+    // A passthrough EIP (cut-through, multi-EIP) "changes" to itself: it is
+    // counted, and nothing in the packet moves.
     let mut new_src = None;
     if let Some(s) = look(src) {
         if direction == Direction::Outbound && s.is_private() {
+            if let Some(v) = blocked(s) {
+                return v;
+            }
             new_src = Some((s.eip, s.private_slot));
         } else if s.is_eip() {
             return Verdict::DropSpoofedEip;
         } else if direction == Direction::Inbound {
             return Verdict::DropSpoofedPrivate;
+        } else if let Some(v) = blocked(s) {
+            return v;
         }
     }
-    let new_dst = look(dst)
-        .filter(|d| d.is_eip())
-        .map(|d| (d.private_ip, d.eip_slot));
+    let d = look(dst);
+    // A NAT private IP as destination is nobody's business here; an EIP or
+    // a replaced private IP is.
+    if let Some(v) = d
+        .filter(|d| d.is_eip() || !d.is_private())
+        .and_then(blocked)
+    {
+        return v;
+    }
+    let new_dst = d.filter(|d| d.is_eip()).map(|d| (d.private_ip, d.eip_slot));
     if new_src.is_none() && new_dst.is_none() {
         return Verdict::NoMapping;
     }
@@ -243,12 +276,12 @@ fn translate(
             }
             put16(f, icmp_at, c);
         };
-        if let Some((a, _)) = new_dst {
+        if let Some((a, _)) = new_dst.filter(|(a, _)| *a != dst) {
             if addr_at(f, q + 12) == dst {
                 fix(f, q + 12, a);
             }
         }
-        if let Some((a, _)) = new_src {
+        if let Some((a, _)) = new_src.filter(|(a, _)| *a != src) {
             if addr_at(f, q + 16) == src {
                 fix(f, q + 16, a);
             }

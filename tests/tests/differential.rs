@@ -13,7 +13,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
     gateway::Gateway,
-    model::Limits,
+    model::{EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{Config, Direction, EipCounters, Verdict};
 use integration_tests::{
@@ -46,6 +46,7 @@ impl Rng {
     }
 }
 
+/// NAT EIPs and their private IPs, pairwise.
 const EIPS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(203, 0, 113, 1),
     Ipv4Addr::new(203, 0, 113, 2),
@@ -56,6 +57,14 @@ const PRIVATES: [Ipv4Addr; 3] = [
     Ipv4Addr::new(10, 0, 0, 2),
     Ipv4Addr::new(10, 0, 0, 3),
 ];
+/// The other modes, each on a secondary ENI: cut-through (EIP, replaced
+/// private IP), multi-EIP (EIP, private IP still usable), and a NAT pair on
+/// a detached ENI.
+const CUT_THROUGH: (Ipv4Addr, Ipv4Addr) =
+    (Ipv4Addr::new(203, 0, 113, 4), Ipv4Addr::new(10, 0, 0, 4));
+const MULTI_EIP: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(203, 0, 113, 5), Ipv4Addr::new(10, 0, 0, 5));
+const DETACHED: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(203, 0, 113, 6), Ipv4Addr::new(10, 0, 0, 6));
+const MODES: [(Ipv4Addr, Ipv4Addr); 3] = [CUT_THROUGH, MULTI_EIP, DETACHED];
 const OTHERS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 51, 100, 7),
     Ipv4Addr::new(10, 0, 0, 99),
@@ -63,9 +72,17 @@ const OTHERS: [Ipv4Addr; 3] = [
 ];
 
 fn address(r: &mut Rng) -> Ipv4Addr {
-    match r.below(3) {
+    match r.below(4) {
         0 => r.pick(&EIPS),
         1 => r.pick(&PRIVATES),
+        2 => {
+            let (eip, private) = r.pick(&MODES);
+            if r.below(2) == 0 {
+                eip
+            } else {
+                private
+            }
+        }
         _ => r.pick(&OTHERS),
     }
 }
@@ -202,6 +219,35 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
     for (e, p) in EIPS.iter().zip(PRIVATES) {
         integration_tests::associate_nat(&mut gw, *e, p).unwrap();
     }
+    let instance = format!("i-{}", PRIVATES[0]);
+    for (n, ((eip, private), mode)) in MODES
+        .iter()
+        .zip([Mode::CutThrough, Mode::MultiEip, Mode::Nat])
+        .enumerate()
+    {
+        let eni = format!("eni-s{n}");
+        let mut events = vec![Event::CreateEni {
+            eni: eni.clone(),
+            kind: EniKind::Secondary,
+            primary_ip: *private,
+            instance: None,
+            location: Default::default(),
+        }];
+        if (*eip, *private) != DETACHED {
+            events.push(Event::AttachEni {
+                eni: eni.clone(),
+                instance: instance.clone(),
+                location: Default::default(),
+            });
+        }
+        events.push(Event::Associate {
+            eip: *eip,
+            eni,
+            private_ip: None,
+            mode,
+        });
+        gw.apply_batch(&events, None).unwrap();
+    }
     // The model reads the same tables the datapath holds.
     let tables = Tables {
         addresses: gw.datapath_mut().entries().unwrap().into_iter().collect(),
@@ -286,7 +332,7 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
             "counter {d:?}/{v:?} (seed {seed})"
         );
     }
-    for slot in 0..EIPS.len() as u32 {
+    for slot in 0..(EIPS.len() + MODES.len()) as u32 {
         let got = gw.datapath_mut().eip_counters(slot).unwrap();
         assert_eq!(
             got,
@@ -308,6 +354,8 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
         "drop_ipv4_truncated",
         "pass_not_ipv4",
         "pass_unknown_interface",
+        "drop_private_disabled",
+        "drop_eni_detached",
     ] {
         assert!(
             packets < 10_000 || seen.get(v).copied().unwrap_or(0) > 0,
