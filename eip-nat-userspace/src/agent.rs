@@ -96,6 +96,23 @@ fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Unpins the links of interfaces the agent no longer serves (the
+/// configuration changed), which detaches the program from them.
+fn remove_stale_links(cfg: &AgentConfig) -> Result<()> {
+    let ours = [&cfg.public_if, &cfg.private_if].map(|i| link_pin(&cfg.bpffs_dir, i));
+    for e in fs::read_dir(cfg.bpffs_dir.join("links"))? {
+        let path = e?.path();
+        if !ours.contains(&path) {
+            log::warn!(
+                "detaching from an interface no longer configured ({})",
+                path.display()
+            );
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes everything the agent installed: the pinned links (which
 /// detaches the program), the pinned maps, and its routes. The stored
 /// desired state stays, so a new agent puts it all back.
@@ -212,6 +229,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Attached::Replaced => log::info!("took over the program on {iface} (atomic replace)"),
         }
     }
+    remove_stale_links(&cfg)?;
     if cfg.fast_path {
         log::info!(
             "fast path on: translated packets are forwarded with XDP_REDIRECT (a veth peer \

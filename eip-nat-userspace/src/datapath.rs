@@ -211,6 +211,15 @@ impl Datapath {
 
     /// Lets the fast path redirect to `ifindex`.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        // Already there (a pinned map from the previous agent): leave the
+        // entry the running program redirects through alone.
+        if self
+            .tx_ports
+            .get(ifindex, 0)
+            .is_ok_and(|v| v.if_index == ifindex)
+        {
+            return Ok(());
+        }
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DatapathError::TxPort(ifindex, e))

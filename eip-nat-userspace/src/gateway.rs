@@ -28,6 +28,8 @@ pub enum GatewayError {
     NoSuchInterface(String),
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
     Stale { expected: u64, current: u64 },
+    #[error("the state store is new, but the pinned datapath holds {0} entries from an earlier agent; refusing to clear them: restore the state directory, or run `eip-nat teardown` to start from nothing")]
+    NewStoreOverLiveDatapath(usize),
     #[error("recording the change failed; nothing changed")]
     Store(#[source] Box<StoreError>),
     #[error("the change is recorded (generation {generation}) but the datapath did not take it; it is retried on the next change or restart")]
@@ -114,6 +116,17 @@ impl Gateway {
         limits: Limits,
     ) -> Result<(Self, Reconciled), GatewayError> {
         let (state, generation) = store.load(limits)?;
+        // A new (or lost) store must not wipe a datapath that is serving:
+        // that is an operator's decision, not a side effect of a restart.
+        if generation == 0 {
+            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
+                generation,
+                source: Box::new(e.into()),
+            })?;
+            if !serving.is_empty() {
+                return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
+            }
+        }
         let mut gw = Self {
             state,
             generation,

@@ -40,7 +40,9 @@ fn gateway_error(e: GatewayError) -> Response {
         | GatewayError::RefusedInBatch { .. }
         | GatewayError::NoSuchInterface(_) => (StatusCode::CONFLICT, "refused"),
         GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
-        GatewayError::Store(_) | GatewayError::Datapath { .. } => {
+        GatewayError::Store(_)
+        | GatewayError::Datapath { .. }
+        | GatewayError::NewStoreOverLiveDatapath(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "failed")
         }
     };

@@ -658,6 +658,32 @@ fn teardown_removes_what_the_agent_left_running() {
     assert!(attached(&t.gw_public.ifname) && attached(&t.gw_private.ifname));
     assert!(!ns_output(&t.gw_public.ns, &["ip", "route", "show", "proto", "234"]).is_empty());
 
+    // An agent with a new, empty store does not wipe the live datapath.
+    let moved = home.dir.join("state.moved");
+    std::fs::rename(&home.state, &moved).unwrap();
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &t.gw_public.ns])
+        .arg(integration_tests::agent::binary())
+        .args(["--socket", "/nonexistent/eip-nat.sock", "agent"])
+        .args(["--public-if", &t.gw_public.ifname])
+        .args(["--private-if", &t.gw_private.ifname])
+        .arg("--state-dir")
+        .arg(&home.state)
+        .arg("--bpffs-dir")
+        .arg(&home.bpffs)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("refusing to clear them"), "{err}");
+    assert_eq!(
+        pinned_addresses(&home).len(),
+        2,
+        "the datapath kept its entries"
+    );
+    std::fs::remove_dir_all(&home.state).unwrap();
+    std::fs::rename(&moved, &home.state).unwrap();
+
     let out = Command::new("ip")
         .args(["netns", "exec", &t.gw_public.ns])
         .arg(integration_tests::agent::binary())
@@ -822,4 +848,44 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
         body.contains(&format!("\"generation\":{}", g1.generation)),
         "{body}"
     );
+}
+
+#[test]
+fn an_interface_dropped_from_the_configuration_is_detached() {
+    require_root();
+    let t = Topology::new();
+    let home = AgentHome::new(&t.gw_public.ns);
+    let (public, private) = (&t.gw_public.ifname, &t.gw_private.ifname);
+    let agent = Agent::start_in(home.clone(), &t.gw_public.ns, public, private, &[]);
+    assert!(agent.stop().success());
+    let xdp_on =
+        |ifname: &str| ns_output(&t.gw_public.ns, &["ip", "link", "show", ifname]).contains("xdp");
+    assert!(xdp_on(public), "still attached with no agent");
+    // The public side moves to another interface.
+    let other = format!("{}x", &public[..public.len().min(12)]);
+    ns_sh(
+        &t.gw_public.ns,
+        &[
+            "ip",
+            "link",
+            "add",
+            &other,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{other}y"),
+        ],
+    );
+    ns_sh(&t.gw_public.ns, &["ip", "link", "set", &other, "up"]);
+    let agent = Agent::start_in(
+        home.clone(),
+        &t.gw_public.ns,
+        &other,
+        private,
+        &["--detach-on-exit"],
+    );
+    assert!(!xdp_on(public), "the old public interface is detached");
+    assert!(xdp_on(&other) && xdp_on(private));
+    assert!(agent.log_text().contains("no longer configured"));
 }
