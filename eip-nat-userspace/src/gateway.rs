@@ -14,7 +14,7 @@ use crate::{
     api::{EipStat, Generation, Stats, VerdictStat},
     datapath::{Datapath, DatapathError},
     model::{tables, Event, Limits, Location, RuleError, State, Touched},
-    routes::{self, RouteError, Routes},
+    routes::{RouteError, Routes},
     store::{Store, StoreError},
 };
 
@@ -24,8 +24,8 @@ pub enum GatewayError {
     Refused(#[from] RuleError),
     #[error("event {index} of the batch was refused: {error}")]
     RefusedInBatch { index: usize, error: RuleError },
-    #[error("interface {0} does not exist on this gateway")]
-    NoSuchInterface(String),
+    #[error("the ENI's location cannot be used on this gateway: {0}")]
+    BadLocation(String),
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
     Stale { expected: u64, current: u64 },
     #[error("the state store is new, but the pinned datapath holds {0} entries from an earlier agent; refusing to clear them: restore the state directory, or run `eip-nat teardown` to start from nothing")]
@@ -51,7 +51,7 @@ impl GatewayError {
     pub fn rule(&self) -> Option<&'static str> {
         match self {
             Self::Refused(e) | Self::RefusedInBatch { error: e, .. } => Some(e.code()),
-            Self::NoSuchInterface(_) => Some("unknown_interface"),
+            Self::BadLocation(_) => Some("unusable_location"),
             _ => None,
         }
     }
@@ -212,8 +212,8 @@ impl Gateway {
     }
 
     /// Facts about this host that the model cannot check: an ENI's
-    /// interface must exist here.
-    fn check_host(&self, event: &Event) -> Result<(), GatewayError> {
+    /// interface must exist here, and its next hop be directly reachable.
+    fn check_host(&mut self, event: &Event) -> Result<(), GatewayError> {
         let location = match event {
             Event::CreateEni { location, .. }
             | Event::AttachEni { location, .. }
@@ -221,11 +221,9 @@ impl Gateway {
             | Event::LocateEni { location, .. } => location,
             _ => return Ok(()),
         };
-        match &location.dev {
-            Some(dev) if self.routes.is_some() && routes::ifindex(dev).is_none() => {
-                Err(GatewayError::NoSuchInterface(dev.clone()))
-            }
-            _ => Ok(()),
+        match &mut self.routes {
+            Some(routes) => routes.check(location).map_err(GatewayError::BadLocation),
+            None => Ok(()),
         }
     }
 

@@ -127,6 +127,25 @@ impl Routes {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The kernel answers at once; a missing answer must fail the
+        // request, never hang the agent.
+        let timeout = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` is valid for reads of its size, as passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(RouteError::Socket(io::Error::last_os_error()));
+        }
         Ok(Self { fd, seq: 0 })
     }
 
@@ -251,6 +270,65 @@ impl Routes {
                 addr,
                 source,
             }),
+        }
+    }
+
+    /// Checks that `location` can carry a route, as the kernel will when the
+    /// route is installed (fib_check_nh(): a next hop must be on a directly
+    /// connected network), so that an event naming an unusable location is
+    /// refused before anything is recorded. Returns why not.
+    pub fn check(&mut self, location: &Location) -> Result<(), String> {
+        let oif = match &location.dev {
+            Some(dev) => {
+                Some(ifindex(dev).ok_or_else(|| format!("interface {dev} does not exist"))?)
+            }
+            None => None,
+        };
+        let Some(via) = location.via else {
+            return Ok(());
+        };
+        // RTM_GETROUTE for the next hop: how the gateway itself reaches it.
+        // NLM_F_ACK: the answer is followed by an ack, which ends receive().
+        // No RTA_OIF: with one, the kernel assumes an unrouted destination
+        // is on that link (__ip_route_output_key_hash), which the route
+        // itself will not accept; compare the interface afterwards.
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut m = self.message(RTM_GETROUTE, flags, via, RT_SCOPE_UNIVERSE);
+        m[NLMSG_HDRLEN + 4] = 0; // any table
+        m[NLMSG_HDRLEN + 5] = 0; // any protocol
+        let mut answer = None;
+        let sent = self.send(m).and_then(|()| {
+            self.receive(|body| {
+                if body.len() >= RTMSG_LEN {
+                    let mut gateway = false;
+                    let mut out = None;
+                    for (kind, data) in attrs(&body[RTMSG_LEN..]) {
+                        match (kind, data.len()) {
+                            (RTA_GATEWAY, _) => gateway = true,
+                            (RTA_OIF, 4) => {
+                                out = Some(u32::from_ne_bytes(data.try_into().unwrap()))
+                            }
+                            _ => {}
+                        }
+                    }
+                    answer = Some((body[7], gateway, out));
+                }
+            })
+        });
+        match (sent, answer) {
+            (Err(e), _) => Err(format!("the gateway has no route to next hop {via} ({e})")),
+            (Ok(()), Some((RTN_UNICAST, false, out))) => match (oif, &location.dev) {
+                (Some(want), Some(dev)) if out != Some(want) => {
+                    Err(format!("next hop {via} is not reached through {dev}"))
+                }
+                _ => Ok(()),
+            },
+            (Ok(()), Some((RTN_UNICAST, true, _))) => Err(format!(
+                "next hop {via} is not on a network the gateway is directly connected to"
+            )),
+            (Ok(()), _) => Err(format!(
+                "next hop {via} is not a unicast address reachable from the gateway"
+            )),
         }
     }
 

@@ -38,7 +38,7 @@ fn gateway_error(e: GatewayError) -> Response {
     let (status, kind) = match &e {
         GatewayError::Refused(_)
         | GatewayError::RefusedInBatch { .. }
-        | GatewayError::NoSuchInterface(_) => (StatusCode::CONFLICT, "refused"),
+        | GatewayError::BadLocation(_) => (StatusCode::CONFLICT, "refused"),
         GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
         GatewayError::Store(_)
         | GatewayError::Datapath { .. }

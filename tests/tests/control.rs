@@ -818,6 +818,49 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
     let stale = api.batch(&good).unwrap_err();
     assert_eq!(stale.api().unwrap().kind, "stale");
     assert_eq!(api.generation().unwrap(), g1);
+    // A location the gateway cannot route to is refused before anything
+    // is recorded; one on a connected network is taken.
+    let located = |eni: &str, ip: [u8; 4], via: Option<[u8; 4]>, dev: Option<&str>| {
+        api.event(&Event::CreateEni {
+            eni: eni.into(),
+            kind: EniKind::Primary,
+            primary_ip: Ipv4Addr::from(ip),
+            instance: Some(format!("i-{eni}")),
+            location: Location {
+                via: via.map(Ipv4Addr::from),
+                dev: dev.map(Into::into),
+            },
+        })
+    };
+    ns_sh(
+        &t.gw_public.ns,
+        &["ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.2"],
+    );
+    for (via, dev, says) in [
+        (Some([192, 0, 2, 1]), None, "not on a network"),
+        (
+            Some([172, 16, 0, 1]),
+            None,
+            "no route to next hop 172.16.0.1",
+        ),
+        (Some([198, 51, 100, 1]), None, "not a unicast address"),
+        (None, Some("nope0"), "interface nope0 does not exist"),
+        (
+            Some([10, 200, 0, 50]),
+            Some(t.gw_public.ifname.as_str()),
+            "next hop 10.200.0.50",
+        ),
+    ] {
+        let e = located("eni-bad", [10, 200, 0, 77], via, dev).unwrap_err();
+        let err = e.api().unwrap();
+        assert_eq!(err.rule.as_deref(), Some("unusable_location"), "{err:?}");
+        assert!(err.message.contains(says), "{err:?}");
+    }
+    assert_eq!(api.generation().unwrap(), g1, "refusals recorded nothing");
+    let g2 = located("eni-ok", [10, 200, 0, 77], Some([10, 200, 0, 50]), None).unwrap();
+    assert_eq!(g2.generation, g1.generation + 1);
+    let g1 = g2;
+
     // The CLI shows the same.
     let out = agent.cli_ok(&["generation", "--json"]);
     assert!(
