@@ -463,7 +463,11 @@ fn main() -> Result<ExitCode> {
         }
         Command::Teardown { bpffs_dir } => {
             agent::teardown(&bpffs_dir)?;
-            println!("removed the datapath under {}", bpffs_dir.display());
+            if json {
+                print_json(&serde_json::json!({ "removed": bpffs_dir }))?;
+            } else {
+                println!("removed the datapath under {}", bpffs_dir.display());
+            }
         }
         Command::Batch {
             file,
