@@ -29,42 +29,54 @@ fn dropped(before: &Stats, after: &Stats, direction: &str, verdict: &str) -> u64
         - before.verdict(direction, verdict).unwrap().packets
 }
 
+/// `eni create`, as CLI arguments.
+fn create_eni<'a>(eni: &'a str, kind: &'a str, ip: &'a str) -> [&'a str; 8] {
+    [
+        "eni",
+        "create",
+        "--eni",
+        eni,
+        "--kind",
+        kind,
+        "--primary-ip",
+        ip,
+    ]
+}
+
+/// `eni attach` with one location flag (`--via` or `--dev`).
+fn attach_eni<'a>(eni: &'a str, instance: &'a str, flag: &'a str, at: &'a str) -> [&'a str; 8] {
+    [
+        "eni",
+        "attach",
+        "--eni",
+        eni,
+        "--instance",
+        instance,
+        flag,
+        at,
+    ]
+}
+
+/// `eni create` of a primary ENI with its instance.
+fn create_primary<'a>(eni: &'a str, ip: &'a str, instance: &'a str) -> Vec<&'a str> {
+    [
+        &create_eni(eni, "primary", ip)[..],
+        &["--instance", instance],
+    ]
+    .concat()
+}
+
 /// The instance of `t` gets a placeholder primary ENI (instance `i-1`), and
 /// a secondary ENI `eni-s` on its real address, attached through the
 /// gateway's private interface.
 fn secondary_eni_on_instance(agent: &Agent, t: &Topology) {
-    agent.cli_ok(&[
-        "eni",
-        "create",
-        "--eni",
-        "eni-p",
-        "--kind",
-        "primary",
-        "--primary-ip",
-        "10.200.0.9",
-        "--instance",
-        "i-1",
-    ]);
-    agent.cli_ok(&[
-        "eni",
-        "create",
-        "--eni",
+    agent.cli_ok(&create_primary("eni-p", "10.200.0.9", "i-1"));
+    agent.cli_ok(&create_eni(
         "eni-s",
-        "--kind",
         "secondary",
-        "--primary-ip",
         &t.instance.addr.to_string(),
-    ]);
-    agent.cli_ok(&[
-        "eni",
-        "attach",
-        "--eni",
-        "eni-s",
-        "--instance",
-        "i-1",
-        "--dev",
-        &t.gw_private.ifname,
-    ]);
+    ));
+    agent.cli_ok(&attach_eni("eni-s", "i-1", "--dev", &t.gw_private.ifname));
 }
 
 /// The instance's OS owns `eip` (cut-through and multi-EIP: the EIP is
@@ -931,4 +943,97 @@ fn an_interface_dropped_from_the_configuration_is_detached() {
     assert!(!xdp_on(public), "the old public interface is detached");
     assert!(xdp_on(&other) && xdp_on(private));
     assert!(agent.log_text().contains("no longer configured"));
+}
+
+/// Every event has its CLI subcommand, and each does what it says: the
+/// state read back through the API after each step.
+#[test]
+fn the_cli_has_a_subcommand_per_event() {
+    require_root();
+    let t = Topology::new();
+    let agent = Agent::on(&t, &[]);
+    let gv = t.gw_private.ifname.as_str();
+    let ok = |args: &[&str]| {
+        let out = agent.cli_ok(&[&["--json"], args].concat());
+        let g: eip_nat::api::Generation = serde_json::from_str(&out).expect("a generation");
+        assert_eq!(g.generation, g.applied_generation, "{args:?}");
+    };
+    ok(&[
+        &create_primary("eni-p", "10.200.0.10", "i-1")[..],
+        &["--dev", gv],
+    ]
+    .concat());
+    ok(&create_primary("eni-q", "10.200.0.20", "i-2"));
+    ok(&create_eni("eni-s", "secondary", "10.200.0.30"));
+    ok(&attach_eni("eni-s", "i-1", "--via", "10.200.0.10"));
+    ok(&["ip", "assign", "--eni", "eni-s", "--ip", "10.200.0.31"]);
+    ok(&[
+        "associate",
+        "--eip",
+        "203.0.113.31",
+        "--eni",
+        "eni-s",
+        "--private-ip",
+        "10.200.0.31",
+    ]);
+    ok(&[
+        "eni",
+        "move",
+        "--eni",
+        "eni-s",
+        "--instance",
+        "i-2",
+        "--via",
+        "10.200.0.20",
+    ]);
+    ok(&["eni", "locate", "--eni", "eni-s", "--via", "10.200.0.21"]);
+    let s = agent.client().state().unwrap();
+    let eni = s.enis.iter().find(|e| e.id == "eni-s").unwrap();
+    let at = eni.eni.attachment.as_ref().unwrap();
+    assert_eq!(at.instance, "i-2");
+    assert_eq!(at.location.via, Some(Ipv4Addr::new(10, 200, 0, 21)));
+    assert!(eni
+        .eni
+        .secondary_ips
+        .contains(&Ipv4Addr::new(10, 200, 0, 31)));
+    assert_eq!(
+        s.associations[0].private_ip,
+        Some(Ipv4Addr::new(10, 200, 0, 31))
+    );
+    let routes = ns_output(&t.gw_public.ns, &["ip", "route", "show", "proto", "234"]);
+    assert!(routes.contains("10.200.0.31 via 10.200.0.21"), "{routes}");
+
+    ok(&["disassociate", "--eip", "203.0.113.31"]);
+    ok(&["ip", "revoke", "--eni", "eni-s", "--ip", "10.200.0.31"]);
+    ok(&["eni", "detach", "--eni", "eni-s"]);
+    ok(&["eni", "delete", "--eni", "eni-s"]);
+    ok(&["instance", "terminate", "--instance", "i-2"]);
+    let s = agent.client().state().unwrap();
+    let ids: Vec<_> = s.enis.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["eni-p"]);
+    assert!(s.associations.is_empty());
+
+    // A batch from a file, and a refusal as JSON with its rule.
+    let file = agent.home.dir.join("batch.json");
+    std::fs::write(
+        &file,
+        r#"{"events": [
+            {"event": "create_eni", "eni": "eni-m", "kind": "secondary", "primary_ip": "10.200.0.40"},
+            {"event": "attach_eni", "eni": "eni-m", "instance": "i-1"},
+            {"event": "associate", "eip": "203.0.113.40", "eni": "eni-m", "mode": "multi-eip"},
+            {"event": "associate", "eip": "203.0.113.41", "eni": "eni-m", "mode": "multi-eip"}
+        ]}"#,
+    )
+    .unwrap();
+    ok(&["batch", file.to_str().unwrap()]);
+    assert_eq!(agent.client().state().unwrap().associations.len(), 2);
+    let out = agent.cli(&["--json", "eni", "delete", "--eni", "eni-m"]);
+    assert!(!out.status.success());
+    let e: eip_nat::api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e.error.rule.as_deref(), Some("eni_attached"));
+    let list = agent.cli_ok(&["list"]);
+    assert!(
+        list.contains("eni-m") && list.contains("multi-eip"),
+        "{list}"
+    );
 }
