@@ -23,7 +23,11 @@ pub enum GatewayError {
     #[error(transparent)]
     Refused(#[from] RuleError),
     #[error("event {index} of the batch was refused: {error}")]
-    RefusedInBatch { index: usize, error: RuleError },
+    RefusedInBatch {
+        index: usize,
+        /// A `Refused` or a `BadLocation`.
+        error: Box<GatewayError>,
+    },
     #[error("the ENI's location cannot be used on this gateway: {0}")]
     BadLocation(String),
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
@@ -50,7 +54,8 @@ impl GatewayError {
     /// The rule, for refusals.
     pub fn rule(&self) -> Option<&'static str> {
         match self {
-            Self::Refused(e) | Self::RefusedInBatch { error: e, .. } => Some(e.code()),
+            Self::Refused(e) => Some(e.code()),
+            Self::RefusedInBatch { error, .. } => error.rule(),
             Self::BadLocation(_) => Some("unusable_location"),
             _ => None,
         }
@@ -249,10 +254,12 @@ impl Gateway {
         let mut next = self.state.clone();
         let mut touched = Touched::default();
         for (index, event) in events.iter().enumerate() {
-            self.check_host(event)?;
-            let t = next
-                .apply(event)
-                .map_err(|error| GatewayError::RefusedInBatch { index, error })?;
+            let in_batch = |error| GatewayError::RefusedInBatch {
+                index,
+                error: Box::new(error),
+            };
+            self.check_host(event).map_err(in_batch)?;
+            let t = next.apply(event).map_err(|e| in_batch(e.into()))?;
             touched.merge(t);
         }
         let previous = std::mem::replace(&mut self.state, next);

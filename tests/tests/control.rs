@@ -869,6 +869,33 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
         assert!(err.message.contains(says), "{err:?}");
     }
     assert_eq!(api.generation().unwrap(), g1, "refusals recorded nothing");
+    // In a batch, the refusal says which event.
+    let unroutable = |eni: &str, ip: [u8; 4], via: [u8; 4]| Event::CreateEni {
+        eni: eni.into(),
+        kind: EniKind::Primary,
+        primary_ip: Ipv4Addr::from(ip),
+        instance: Some(format!("i-{eni}")),
+        location: Location {
+            via: Some(Ipv4Addr::from(via)),
+            dev: None,
+        },
+    };
+    let e = api
+        .batch(&Batch {
+            events: vec![
+                unroutable("eni-b1", [10, 200, 0, 78], [10, 200, 0, 51]),
+                unroutable("eni-b2", [10, 200, 0, 79], [172, 16, 0, 1]),
+            ],
+            if_generation: None,
+        })
+        .unwrap_err();
+    let err = e.api().unwrap();
+    assert_eq!(
+        (err.rule.as_deref(), err.index),
+        (Some("unusable_location"), Some(1)),
+        "{err:?}"
+    );
+    assert_eq!(api.generation().unwrap(), g1);
     let g2 = located("eni-ok", [10, 200, 0, 77], Some([10, 200, 0, 50]), None).unwrap();
     assert_eq!(g2.generation, g1.generation + 1);
     let g1 = g2;
