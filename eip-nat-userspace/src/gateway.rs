@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::{
     api::{EipStat, Generation, Stats, VerdictStat},
     datapath::{Datapath, DatapathError},
-    model::{tables, Event, Limits, Location, RuleError, State, Touched},
+    model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
     routes::{RouteError, Routes},
     store::{Store, StoreError},
 };
@@ -251,23 +251,28 @@ impl Gateway {
                 current: self.generation,
             });
         }
-        let mut next = self.state.clone();
+        // Applied in place; a refusal puts back what the batch changed, so
+        // a batch costs what it touches, not a copy of the whole state.
+        let mut journal = Journal::new(&self.state);
         let mut touched = Touched::default();
         for (index, event) in events.iter().enumerate() {
             let in_batch = |error| GatewayError::RefusedInBatch {
                 index,
                 error: Box::new(error),
             };
-            self.check_host(event).map_err(in_batch)?;
-            let t = next.apply(event).map_err(|e| in_batch(e.into()))?;
-            touched.merge(t);
-        }
-        let previous = std::mem::replace(&mut self.state, next);
-        self.commit(touched).inspect_err(|e| {
-            if matches!(e, GatewayError::Store(_)) {
-                self.state = previous;
+            journal.save(&self.state, event);
+            let applied = self
+                .check_host(event)
+                .and_then(|()| self.state.apply(event).map_err(Into::into));
+            match applied {
+                Ok(t) => touched.merge(t),
+                Err(e) => {
+                    self.state.undo(journal);
+                    return Err(in_batch(e));
+                }
             }
-        })
+        }
+        self.commit(touched)
     }
 
     fn commit(&mut self, touched: Touched) -> Result<Generation, GatewayError> {

@@ -6,6 +6,7 @@
 
 mod rules;
 pub mod tables;
+mod undo;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use rules::RuleError;
+pub use undo::Journal;
 
 /// Names an ENI, e.g. `eni-0a1b2c`.
 pub type EniId = String;

@@ -476,3 +476,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Batches of random events: whenever one is refused, undoing the
+    /// journal gives back exactly the state from before the batch.
+    #[test]
+    fn a_refused_batch_is_undone_exactly(
+        events in proptest::collection::vec(event(), 1..200),
+        sizes in proptest::collection::vec(1usize..12, 1..40),
+    ) {
+        let mut state = State::new(LIMITS);
+        let mut events = events.iter();
+        for size in sizes {
+            let batch: Vec<_> = events.by_ref().take(size).collect();
+            let before = state.clone();
+            let mut journal = super::Journal::new(&state);
+            let mut refused = false;
+            for ev in batch {
+                journal.save(&state, ev);
+                if state.apply(ev).is_err() {
+                    refused = true;
+                    break;
+                }
+            }
+            if refused {
+                state.undo(journal);
+                prop_assert_eq!(&state, &before);
+            }
+        }
+    }
+}

@@ -353,3 +353,66 @@ fn events_are_plain_json() {
         serde_json::from_str::<Event>(r#"{"event":"detach_eni","eni":"e","extra":1}"#).is_err()
     );
 }
+
+/// A batch that reused a freed counter slot, moved an address between two
+/// ENIs and ended an instance, then had an event refused: undone exactly.
+#[test]
+fn undoing_a_batch_restores_slots_addresses_and_instances() {
+    let mut s = world();
+    for (eip, private) in [
+        ("203.0.113.1", "10.0.1.1"),
+        ("203.0.113.2", "10.0.1.2"),
+        ("203.0.113.3", "10.0.1.3"),
+    ] {
+        if private != "10.0.1.1" {
+            let assign = Event::AssignIp {
+                eni: "eni-s".into(),
+                ip: ip(private),
+            };
+            s.apply(&assign).unwrap();
+        }
+        s.apply(&associate(eip, "eni-s", Some(private), Mode::Nat))
+            .unwrap();
+    }
+    s.apply(&Event::Disassociate {
+        eip: ip("203.0.113.2"),
+    })
+    .unwrap();
+    let before = s.clone();
+    let batch = [
+        // Takes the slot the disassociation freed.
+        associate("203.0.113.9", "eni-s", Some("10.0.1.2"), Mode::Nat),
+        Event::Disassociate {
+            eip: ip("203.0.113.3"),
+        },
+        // 10.0.1.3 moves from eni-s to eni-q.
+        Event::RevokeIp {
+            eni: "eni-s".into(),
+            ip: ip("10.0.1.3"),
+        },
+        Event::AssignIp {
+            eni: "eni-q".into(),
+            ip: ip("10.0.1.3"),
+        },
+        // i-2 ends, with eni-q.
+        Event::TerminateInstance {
+            instance: "i-2".into(),
+        },
+        // Refused: eni-s is attached.
+        Event::DeleteEni {
+            eni: "eni-s".into(),
+        },
+    ];
+    let mut journal = crate::model::Journal::new(&s);
+    let (last, accepted) = batch.split_last().unwrap();
+    for ev in accepted {
+        journal.save(&s, ev);
+        s.apply(ev).unwrap();
+    }
+    assert_eq!(s.association(ip("203.0.113.9")).unwrap().slot, 1);
+    assert!(s.eni("eni-q").is_none());
+    journal.save(&s, last);
+    assert_eq!(s.apply(last).unwrap_err().code(), "eni_attached");
+    s.undo(journal);
+    assert_eq!(s, before);
+}
