@@ -10,7 +10,7 @@ use std::{
 };
 
 use integration_tests::{
-    agent::Agent,
+    agent::{Agent, AgentHome},
     capture::Capture,
     netns::{in_netns, Topology},
     packet::parse_and_verify,
@@ -65,12 +65,18 @@ fn main() {
     );
 
     step("starting the agent on the gateway");
-    let agent = Agent::start(
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        &[],
-    );
+    // Its own bpffs and state directory, removed at the end.
+    let home = AgentHome::new(&t.gw_public.ns);
+    let start = || {
+        Agent::start_in(
+            home.clone(),
+            &t.gw_public.ns,
+            &t.gw_public.ifname,
+            &t.gw_private.ifname,
+            &[],
+        )
+    };
+    let agent = start();
     for line in agent.log_text().lines() {
         println!("   {line}");
     }
@@ -197,11 +203,41 @@ fn main() {
     for line in agent.cli_ok(&["stats"]).lines() {
         println!("   {line}");
     }
+
+    step("hitless restart: stop the agent; the pinned datapath keeps translating without it");
+    let status = agent.stop();
+    println!("   agent stopped ({status})");
+    client
+        .send_to(b"anyone home?", SocketAddrV4::new(t.eip, 7000))
+        .unwrap();
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("translated with no agent running");
+    server.send_to(&buf[..n], from).unwrap();
+    let (_, from) = client.recv_from(&mut buf).expect("echo came back");
+    println!("   with no agent: the instance got a datagram, the internet its echo from {from}");
+    let agent = start();
+    for line in agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("reconciled") || l.contains("took over"))
+    {
+        println!("   {line}");
+    }
+    print!("   {}", agent.cli_ok(&["generation"]));
+
     step(&format!("eip-nat disassociate --eip {eip}"));
     print!("   {}", agent.cli_ok(&["disassociate", "--eip", &eip]));
     let status = agent.stop();
-    step(&format!(
-        "agent stopped ({status}); removing the namespaces"
-    ));
+    step(&format!("agent stopped ({status}); eip-nat teardown"));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.gw_public.ns])
+        .arg(integration_tests::agent::binary())
+        .args(["teardown", "--bpffs-dir"])
+        .arg(&home.bpffs)
+        .output()
+        .expect("teardown");
+    print!("   {}", String::from_utf8_lossy(&out.stdout));
+    step("removing the namespaces");
     drop(t);
 }
