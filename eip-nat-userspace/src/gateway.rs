@@ -358,9 +358,4 @@ impl Gateway {
         }
         Ok(Stats { verdicts, eips })
     }
-
-    /// The association of `eip`, if any (for tests and tools).
-    pub fn association(&self, eip: Ipv4Addr) -> Option<&crate::model::Association> {
-        self.state.association(eip)
-    }
 }

@@ -43,6 +43,19 @@ impl AgentHome {
     }
 }
 
+impl AgentHome {
+    /// Runs `eip-nat teardown` on this home's bpffs, in `ns`.
+    pub fn teardown(&self, ns: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(binary())
+            .args(["teardown", "--bpffs-dir"])
+            .arg(&self.bpffs)
+            .output()
+            .expect("run eip-nat teardown")
+    }
+}
+
 impl Drop for AgentHome {
     fn drop(&mut self) {
         let _ = Command::new("umount")
@@ -82,6 +95,22 @@ impl Agent {
     pub fn on(t: &impl crate::netns::WithGateway, extra: &[&str]) -> Self {
         let (public, private) = t.gateway();
         Self::start(&public.ns, &public.ifname, &private.ifname, extra)
+    }
+
+    /// [`Agent::start_in`] on the gateway of a topology.
+    pub fn on_in(
+        home: &std::sync::Arc<AgentHome>,
+        t: &impl crate::netns::WithGateway,
+        extra: &[&str],
+    ) -> Self {
+        let (public, private) = t.gateway();
+        Self::start_in(
+            home.clone(),
+            &public.ns,
+            &public.ifname,
+            &private.ifname,
+            extra,
+        )
     }
 
     /// Starts an agent in `home`, which an earlier agent may have used:

@@ -68,5 +68,5 @@ pub fn associate_nat(
         private_ip: None,
         mode: Mode::Nat,
     })?;
-    Ok(gw.association(eip).expect("just associated").slot)
+    Ok(gw.state().association(eip).expect("just associated").slot)
 }

@@ -477,16 +477,7 @@ fn stream_through_restart(restart: impl FnOnce(Agent) -> Agent) {
     require_root();
     let t = Topology::new();
     let home = AgentHome::new(&t.gw_public.ns);
-    let start = |home| {
-        Agent::start_in(
-            home,
-            &t.gw_public.ns,
-            &t.gw_public.ifname,
-            &t.gw_private.ifname,
-            &[],
-        )
-    };
-    let agent = start(home.clone());
+    let agent = Agent::on_in(&home, &t, &[]);
     agent.nat(&t.eip.to_string(), &t.instance.addr.to_string());
     let gen_before = agent.client().generation().unwrap();
     let server = in_netns(&t.instance.ns, || {
@@ -535,7 +526,7 @@ fn stream_through_restart(restart: impl FnOnce(Agent) -> Agent) {
 fn restarting_the_agent_under_traffic_loses_nothing() {
     stream_through_restart(|agent| {
         let home = agent.home.clone();
-        let (ns, public, private) = agent_ifaces(&agent);
+        let (ns, public, private) = agent.started_with();
         assert!(agent.stop().success());
         Agent::start_in(home, &ns, &public, &private, &[])
     });
@@ -545,18 +536,12 @@ fn restarting_the_agent_under_traffic_loses_nothing() {
 fn kill_9_under_traffic_loses_nothing_and_the_next_agent_takes_over() {
     stream_through_restart(|agent| {
         let home = agent.home.clone();
-        let (ns, public, private) = agent_ifaces(&agent);
+        let (ns, public, private) = agent.started_with();
         agent.kill9();
         // No agent at all for a while: the pinned datapath keeps working.
         std::thread::sleep(Duration::from_millis(300));
         Agent::start_in(home, &ns, &public, &private, &[])
     });
-}
-
-/// The namespace and interfaces an agent was started with, from its
-/// command line, to start its successor the same way.
-fn agent_ifaces(agent: &Agent) -> (String, String, String) {
-    agent.started_with()
 }
 
 /// Reads the pinned ADDRESSES map the agent left, from outside it.
@@ -575,15 +560,7 @@ fn kill_9_during_a_burst_of_events_leaves_a_consistent_store() {
     require_root();
     let t = Topology::new();
     let home = AgentHome::new(&t.gw_public.ns);
-    let start = || {
-        Agent::start_in(
-            home.clone(),
-            &t.gw_public.ns,
-            &t.gw_public.ifname,
-            &t.gw_private.ifname,
-            &[],
-        )
-    };
+    let start = || Agent::on_in(&home, &t, &[]);
     let mut agent = start();
     let mut generation = 0;
     for round in 0..4u32 {
@@ -641,13 +618,7 @@ fn teardown_removes_what_the_agent_left_running() {
     require_root();
     let t = Topology::new();
     let home = AgentHome::new(&t.gw_public.ns);
-    let agent = Agent::start_in(
-        home.clone(),
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        &[],
-    );
+    let agent = Agent::on_in(&home, &t, &[]);
     // A located ENI, so there is a route to remove too.
     agent.cli_ok(&[
         "eni",
@@ -696,25 +667,13 @@ fn teardown_removes_what_the_agent_left_running() {
     std::fs::remove_dir_all(&home.state).unwrap();
     std::fs::rename(&moved, &home.state).unwrap();
 
-    let out = Command::new("ip")
-        .args(["netns", "exec", &t.gw_public.ns])
-        .arg(integration_tests::agent::binary())
-        .args(["teardown", "--bpffs-dir"])
-        .arg(&home.bpffs)
-        .output()
-        .unwrap();
+    let out = home.teardown(&t.gw_public.ns);
     assert!(out.status.success(), "{out:?}");
     assert!(!attached(&t.gw_public.ifname) && !attached(&t.gw_private.ifname));
     assert!(ns_output(&t.gw_public.ns, &["ip", "route", "show", "proto", "234"]).is_empty());
     assert!(!home.bpffs.exists());
     // The desired state stays: the next agent puts it all back.
-    let agent = Agent::start_in(
-        home.clone(),
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
-        &["--detach-on-exit"],
-    );
+    let agent = Agent::on_in(&home, &t, &["--detach-on-exit"]);
     assert!(
         agent.log_text().contains("2 entries written"),
         "{}",
@@ -744,11 +703,9 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
     let token = "s3cret-token-for-the-test-run";
     let token_file = home.dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let agent = Agent::start_in(
-        home.clone(),
-        &t.gw_public.ns,
-        &t.gw_public.ifname,
-        &t.gw_private.ifname,
+    let agent = Agent::on_in(
+        &home,
+        &t,
         &[
             "--detach-on-exit",
             "--tcp-listen",

@@ -1056,7 +1056,7 @@ fn with_secondary(mode: Mode, eips: &[Ipv4Addr]) -> Harness {
         })
         .unwrap();
     }
-    h.slot = h.gw.association(eips[0]).unwrap().slot;
+    h.slot = h.gw.state().association(eips[0]).unwrap().slot;
     h
 }
 
@@ -1108,7 +1108,7 @@ fn cut_through_eip_travels_unchanged_and_replaces_the_private_ip() {
 fn multi_eip_travels_unchanged_and_the_private_ip_keeps_working() {
     let mut h = with_secondary(Mode::MultiEip, &[EIP_B, EIP_C]);
     for eip in [EIP_B, EIP_C] {
-        h.slot = h.gw.association(eip).unwrap().slot;
+        h.slot = h.gw.state().association(eip).unwrap().slot;
         let p = udp(INTERNET, 1000, eip, 53, b"query", true);
         h.translated("multi-EIP in", Direction::Inbound, &p, &p);
         let p = udp(eip, 53, INTERNET, 1000, b"answer", false);
@@ -1132,7 +1132,7 @@ fn hairpin_from_nat_to_a_passthrough_eip() {
     let expected = udp(EIP, 5000, EIP_B, 80, b"hi", true).frame();
     let n = ip_len(&input) as u64;
     let before = (h.eip(), h.gw.datapath_mut().eip_counters(h.slot).unwrap());
-    let nat_slot = h.gw.association(EIP).unwrap().slot;
+    let nat_slot = h.gw.state().association(EIP).unwrap().slot;
     h.slot = nat_slot;
     h.case(
         "hairpin NAT → multi-EIP",
@@ -1142,7 +1142,7 @@ fn hairpin_from_nat_to_a_passthrough_eip() {
         &expected,
         outbound(n as usize),
     );
-    let b = h.gw.association(EIP_B).unwrap().slot;
+    let b = h.gw.state().association(EIP_B).unwrap().slot;
     let after = h.gw.datapath_mut().eip_counters(b).unwrap();
     assert_eq!(after.in_packets - before.1.in_packets, 1);
 }

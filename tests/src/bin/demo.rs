@@ -67,15 +67,7 @@ fn main() {
     step("starting the agent on the gateway");
     // Its own bpffs and state directory, removed at the end.
     let home = AgentHome::new(&t.gw_public.ns);
-    let start = || {
-        Agent::start_in(
-            home.clone(),
-            &t.gw_public.ns,
-            &t.gw_public.ifname,
-            &t.gw_private.ifname,
-            &[],
-        )
-    };
+    let start = || Agent::on_in(&home, &t, &[]);
     let agent = start();
     for line in agent.log_text().lines() {
         println!("   {line}");
@@ -230,13 +222,7 @@ fn main() {
     print!("   {}", agent.cli_ok(&["disassociate", "--eip", &eip]));
     let status = agent.stop();
     step(&format!("agent stopped ({status}); eip-nat teardown"));
-    let out = Command::new("ip")
-        .args(["netns", "exec", &t.gw_public.ns])
-        .arg(integration_tests::agent::binary())
-        .args(["teardown", "--bpffs-dir"])
-        .arg(&home.bpffs)
-        .output()
-        .expect("teardown");
+    let out = home.teardown(&t.gw_public.ns);
     print!("   {}", String::from_utf8_lossy(&out.stdout));
     step("removing the namespaces");
     drop(t);

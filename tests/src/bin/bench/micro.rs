@@ -252,15 +252,7 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     let max = (n + 1024).to_string();
     let home = AgentHome::new(&t.gw_public.ns);
     let args = ["--max-associations", &max, "--log-level", "info"];
-    let start = || {
-        Agent::start_in(
-            home.clone(),
-            &t.gw_public.ns,
-            &t.gw_public.ifname,
-            &t.gw_private.ifname,
-            &args,
-        )
-    };
+    let start = || Agent::on_in(&home, &t, &args);
     let agent = start();
     eprintln!("control plane: loading {n} associations…");
     let load = bulk_load(&agent.client(), n);
@@ -271,14 +263,7 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     let warm = t0.elapsed();
     assert!(agent.log_text().contains("0 entries written"));
     assert!(agent.stop().success());
-    let teardown = std::process::Command::new("ip")
-        .args(["netns", "exec", &t.gw_public.ns])
-        .arg(integration_tests::agent::binary())
-        .args(["teardown", "--bpffs-dir"])
-        .arg(&home.bpffs)
-        .status()
-        .unwrap();
-    assert!(teardown.success());
+    assert!(home.teardown(&t.gw_public.ns).status.success());
     let t0 = Instant::now();
     let agent = start();
     let cold = t0.elapsed();
