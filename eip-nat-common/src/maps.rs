@@ -17,6 +17,16 @@ pub const ADDRESSES: &str = "ADDRESSES";
 pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
 /// `PerCpuArray<EipCounters>` indexed by an association's slot.
 pub const EIP_COUNTERS: &str = "EIP_COUNTERS";
+/// `Array<NextHop>` indexed by a next-hop id: where a translated packet
+/// goes (egress interface, MACs, MTU), resolved by the agent from the
+/// kernel's routes, neighbours and links (docs/datapath.md, "Next hops").
+/// Id 0 is never used: it means "not programmed, ask the FIB".
+pub const NEXTHOPS: &str = "NEXTHOPS";
+/// `LpmTrie<[u8; 4], u32>`: the gateway's main routing table (and its
+/// local addresses), each prefix with the next-hop id of its route, for
+/// destinations that are not ours (the Internet side of outbound packets).
+/// An id of 0 sends the packet to `bpf_fib_lookup`.
+pub const ROUTES: &str = "ROUTES";
 
 /// Default capacity of the association tables; the agent can change it at
 /// load time (`--max-associations`). The per-EIP counters are a per-CPU
@@ -65,6 +75,43 @@ pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32
 
 /// Number of entries of [`VERDICT_COUNTERS`].
 pub const VERDICT_COUNTERS_LEN: u32 = Direction::COUNT as u32 * VERDICT_SLOTS;
+
+/// Next hops besides one per association (routes towards the Internet).
+pub const EXTRA_NEXTHOPS: u32 = 4096;
+
+/// Routes besides two per association (the agent's host routes).
+pub const EXTRA_ROUTES: u32 = 65_536;
+
+/// [`NextHop::flags`]: the entry is resolved (link up, neighbour known) and
+/// may be used without a FIB lookup.
+pub const NEXTHOP_VALID: u16 = 1;
+
+/// Value of [`NEXTHOPS`]: what forwarding to one neighbour takes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHop {
+    /// Egress interface; must be in [`TX_PORTS`].
+    pub ifindex: u32,
+    /// Largest IPv4 datagram the egress takes (link MTU, or the route's
+    /// `mtu` metric when smaller).
+    pub mtu: u16,
+    /// `NEXTHOP_*` bits.
+    pub flags: u16,
+    /// Destination MAC (the neighbour's) and source MAC (the egress's).
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The neighbour's IPv4 address. The program never reads it; it lets a
+    /// restarted agent recognise the ids the running program uses.
+    pub neighbour: Ipv4Key,
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+
+impl NextHop {
+    pub const fn is_valid(&self) -> bool {
+        self.flags & NEXTHOP_VALID != 0
+    }
+}
 
 /// Maximum entries of [`TX_PORTS`].
 pub const MAX_TX_PORTS: u32 = 64;
@@ -124,8 +171,9 @@ pub struct AddrEntry {
     /// As a private IP: its EIP, and the counter slot.
     pub eip: Ipv4Key,
     pub private_slot: u32,
-    /// Explicit padding, always 0.
-    pub reserved: u32,
+    /// As an EIP: the next-hop id ([`NEXTHOPS`]) of the address it is
+    /// delivered to; 0 when not programmed. Unused (0) otherwise.
+    pub nexthop: u32,
 }
 const _: () = assert!(core::mem::size_of::<AddrEntry>() == 24);
 
@@ -204,6 +252,7 @@ mod pod {
     unsafe impl aya::Pod for super::AddrEntry {}
     unsafe impl aya::Pod for super::VerdictCounter {}
     unsafe impl aya::Pod for super::EipCounters {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 // ---- Rig programs (tests, demo, benchmark); the agent never loads them ----

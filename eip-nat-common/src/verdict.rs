@@ -29,8 +29,9 @@ pub enum Verdict {
     /// A translated TCP/UDP first fragment too short to hold the L4 checksum
     /// (RFC 1858 tiny fragment): its checksum could not be kept valid.
     L4Truncated = 7,
-    /// Translated and forwarded by the fast path: FIB lookup, TTL decrement,
-    /// MACs rewritten, `XDP_REDIRECT` to the egress interface.
+    /// Translated and forwarded by the fast path through the next hop the
+    /// agent programmed: no FIB lookup, TTL decrement, MACs rewritten,
+    /// `XDP_REDIRECT` to the egress interface.
     Redirected = 8,
     // Fast-path fallbacks: translated, then passed to the kernel (TTL and
     // MACs untouched), because it must do what XDP cannot.
@@ -62,10 +63,14 @@ pub enum Verdict {
     DropPrivateDisabled = 18,
     /// To or from an address of a detached ENI: it lives nowhere.
     DropEniDetached = 19,
+    /// Translated and forwarded by the fast path after a `bpf_fib_lookup`,
+    /// because no next hop was programmed for it or the programmed one is
+    /// not usable (neighbour unresolved, link down).
+    RedirectedFib = 20,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -87,6 +92,7 @@ impl Verdict {
         Self::IcmpErrorInnerFragment,
         Self::DropPrivateDisabled,
         Self::DropEniDetached,
+        Self::RedirectedFib,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -112,6 +118,7 @@ impl Verdict {
             Self::IcmpErrorInnerFragment => "drop_icmp_error_inner_fragment",
             Self::DropPrivateDisabled => "drop_private_disabled",
             Self::DropEniDetached => "drop_eni_detached",
+            Self::RedirectedFib => "translated_redirect_fib",
         }
     }
 
@@ -119,7 +126,7 @@ impl Verdict {
     pub const fn action(self) -> u32 {
         if self.is_drop() {
             XDP_DROP
-        } else if matches!(self, Self::Redirected) {
+        } else if matches!(self, Self::Redirected | Self::RedirectedFib) {
             XDP_REDIRECT
         } else {
             XDP_PASS
@@ -132,6 +139,7 @@ impl Verdict {
             self,
             Self::Translated
                 | Self::Redirected
+                | Self::RedirectedFib
                 | Self::FallbackNoNeighbour
                 | Self::FallbackFragNeeded
                 | Self::FallbackTtlExceeded
@@ -194,7 +202,10 @@ mod tests {
                 a.name().starts_with("translated"),
                 "{a:?}"
             );
-            assert_eq!(a.action() == XDP_REDIRECT, a == Verdict::Redirected);
+            assert_eq!(
+                a.action() == XDP_REDIRECT,
+                a.name().starts_with("translated_redirect")
+            );
         }
     }
 }

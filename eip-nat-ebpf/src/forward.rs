@@ -9,26 +9,44 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use eip_nat_common::{csum, Verdict};
+use eip_nat_common::{csum, maps::NextHop, Verdict};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NEXTHOPS, TX_PORTS},
     packet::{copy_bytes, ptr_at, zero_in_place},
 };
 
 const AF_INET: u8 = 2;
 
-/// Looks the (already translated) destination up in the gateway's routing
-/// table and neighbour cache (`bpf_fib_lookup`, which also checks the egress
-/// MTU against `tot_len`), then does a router's work: TTL − 1 with the
-/// header checksum patched, new MACs, and `XDP_REDIRECT` through `TX_PORTS`.
+/// Does a router's work for an already translated packet: TTL − 1 with
+/// the header checksum patched, new MACs, and `XDP_REDIRECT` through
+/// `TX_PORTS`. The next hop is the one the agent programmed (`nexthop`,
+/// resolved from the kernel's routes and neighbours ahead of time); only
+/// when there is none, or it is not usable, does the packet pay for a
+/// `bpf_fib_lookup` (which also checks the egress MTU against `tot_len`).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
+pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16, nexthop: u32) -> Verdict {
     // RFC 1812 §5.3.1: a packet whose TTL would reach 0 is not forwarded;
     // the kernel sends the ICMP time exceeded.
     if ip.ttl <= 1 {
         return Verdict::FallbackTtlExceeded;
+    }
+    if let Some(hop) = programmed(nexthop) {
+        // Larger than the egress takes: the kernel fragments it or answers
+        // "fragmentation needed" (RFC 1191), as after a FIB lookup.
+        if tot_len > hop.mtu {
+            return Verdict::FallbackFragNeeded;
+        }
+        // The agent programs next hops only on interfaces in TX_PORTS.
+        return emit(
+            ctx,
+            ip,
+            hop.ifindex,
+            &hop.dmac,
+            &hop.smac,
+            Verdict::Redirected,
+        );
     }
     let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
     let fib = zero_in_place(&mut params);
@@ -59,6 +77,34 @@ pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
     if TX_PORTS.get(fib.ifindex).is_none() {
         return Verdict::FallbackNoTxPort;
     }
+    emit(
+        ctx,
+        ip,
+        fib.ifindex,
+        &fib.dmac,
+        &fib.smac,
+        Verdict::RedirectedFib,
+    )
+}
+
+/// The programmed next hop `id`, if there is one and it is usable.
+#[inline(always)]
+fn programmed(id: u32) -> Option<&'static NextHop> {
+    if id == 0 {
+        return None;
+    }
+    NEXTHOPS.get(id).filter(|hop| hop.is_valid())
+}
+
+#[inline(always)]
+fn emit(
+    ctx: &XdpContext,
+    ip: &mut Ipv4Hdr,
+    ifindex: u32,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    verdict: Verdict,
+) -> Verdict {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Verdict::EthernetTruncated;
     };
@@ -67,13 +113,13 @@ pub fn forward(ctx: &XdpContext, ip: &mut Ipv4Hdr, tot_len: u16) -> Verdict {
     ip.ttl -= 1;
     // SAFETY: ptr_at checked the Ethernet header is inside the packet.
     unsafe {
-        copy_bytes(&mut (*eth).dst_addr, &fib.dmac);
-        copy_bytes(&mut (*eth).src_addr, &fib.smac);
+        copy_bytes(&mut (*eth).dst_addr, dmac);
+        copy_bytes(&mut (*eth).src_addr, smac);
     }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
-        Ok(_) => Verdict::Redirected,
-        // Unreachable after the lookup above, unless the agent removed the
-        // port in between; the packet then goes up already forwarded.
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(_) => verdict,
+        // Unreachable while the agent keeps the port, unless it removed it
+        // in between; the packet then goes up already forwarded.
         Err(_) => Verdict::FallbackNoTxPort,
     }
 }

@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 use eip_nat_common::{
-    maps::{Ipv4Key, DEFAULT_MAX_ASSOCIATIONS, MAX_TX_PORTS, VERDICT_COUNTERS_LEN},
+    maps::{
+        Ipv4Key, NextHop, DEFAULT_MAX_ASSOCIATIONS, EXTRA_NEXTHOPS, EXTRA_ROUTES, MAX_TX_PORTS,
+        VERDICT_COUNTERS_LEN,
+    },
     AddrEntry, Config, Direction, EipCounters, VerdictCounter,
 };
 
@@ -28,6 +31,21 @@ pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =
 #[map(name = "EIP_COUNTERS")]
 pub static EIP_COUNTERS: PerCpuArray<EipCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+#[map(name = "NEXTHOPS")]
+pub static NEXTHOPS: Array<NextHop> =
+    Array::with_max_entries(DEFAULT_MAX_ASSOCIATIONS + EXTRA_NEXTHOPS, 0);
+
+#[map(name = "ROUTES")]
+pub static ROUTES: LpmTrie<Ipv4Key, u32> =
+    LpmTrie::with_max_entries(2 * DEFAULT_MAX_ASSOCIATIONS + EXTRA_ROUTES, 0);
+
+/// The next hop the agent programmed for `addr`, a destination that is
+/// not one of ours, from the mirror of the routing table; 0 if none.
+#[inline(always)]
+pub fn route_nexthop(addr: Ipv4Key) -> u32 {
+    ROUTES.get(Key::new(32, addr)).copied().unwrap_or(0)
+}
 
 /// The interface's role, from the ifindex the packet arrived on, and
 /// whether the fast path is on.

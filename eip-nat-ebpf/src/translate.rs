@@ -18,7 +18,7 @@ use eip_nat_common::{maps::Ipv4Key, AddrEntry, NatEntry};
 
 use crate::{
     forward, icmp,
-    maps::ADDRESSES,
+    maps::{self, ADDRESSES},
     packet::{holds, ptr_at},
     stats,
 };
@@ -106,7 +106,13 @@ pub fn translate(
         }
     }
     if fast_path {
-        Ok(forward::forward(ctx, ip, tot_len))
+        // Delivered to one of ours: the next hop of that address; anywhere
+        // else: the one of the route that covers the destination.
+        let nexthop = match rewrite.dst {
+            Some(_) => rewrite.nexthop,
+            None => maps::route_nexthop(ip.dst_addr),
+        };
+        Ok(forward::forward(ctx, ip, tot_len, nexthop))
     } else {
         Ok(Verdict::Translated)
     }
@@ -117,6 +123,8 @@ pub fn translate(
 struct Rewrite {
     src: Option<NatEntry>,
     dst: Option<NatEntry>,
+    /// With `dst`: the programmed next hop of the new destination.
+    nexthop: u32,
 }
 
 #[inline(always)]
@@ -146,6 +154,7 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
     let mut rewrite = Rewrite {
         src: None,
         dst: None,
+        nexthop: 0,
     };
     if let Some(s) = lookup(&src) {
         if direction == Direction::Outbound && s.is_private() {
@@ -177,6 +186,7 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
                 addr: d.private_ip,
                 slot: d.eip_slot,
             });
+            rewrite.nexthop = d.nexthop;
         }
     }
     Ok(rewrite)

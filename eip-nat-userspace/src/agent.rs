@@ -201,6 +201,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     spawn_logger(&mut datapath);
 
+    // Subscribed before the tables are read, so no change falls between.
+    let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
     let (gateway, report) = Gateway::open(store, datapath, Some(Routes::open()?), cfg.limits)?;
     let generation = gateway.generation().generation;
     log::info!(
@@ -214,6 +216,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         report.routes_removed
     );
     let gateway = Arc::new(Mutex::new(gateway));
+    let _monitor = monitor.follow(Arc::clone(&gateway));
     // Attach last: by now the maps hold the whole desired state, so the
     // program taking over a pinned link sees the same tables as the one it
     // replaces.

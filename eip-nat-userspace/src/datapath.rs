@@ -3,7 +3,10 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -12,7 +15,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
-    maps::{self as names, verdict_index, Ipv4Key},
+    maps::{self as names, verdict_index, Ipv4Key, NextHop},
     AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
@@ -88,12 +91,14 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 
 /// The maps the agent pins, so that they (and the tables and counters in
 /// them) outlive it.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 7] = [
     names::CONFIG,
     names::TX_PORTS,
     names::ADDRESSES,
     names::VERDICT_COUNTERS,
     names::EIP_COUNTERS,
+    names::NEXTHOPS,
+    names::ROUTES,
 ];
 
 /// What [`Datapath::attach_pinned`] did.
@@ -134,6 +139,8 @@ pub struct Datapath {
     addresses: HashMap<MapData, Ipv4Key, AddrEntry>,
     verdicts: PerCpuArray<MapData, VerdictCounter>,
     eip_counters: PerCpuArray<MapData, EipCounters>,
+    nexthops: Array<MapData, NextHop>,
+    routes: LpmTrie<MapData, Ipv4Key, u32>,
 }
 
 /// Takes map `name` out of the object, typed.
@@ -164,6 +171,21 @@ impl Datapath {
             // Each association has two addresses.
             .map_max_entries(names::ADDRESSES, opts.max_associations.saturating_mul(2))
             .map_max_entries(names::EIP_COUNTERS, opts.max_associations)
+            // One next hop per association at most (each on its own link
+            // neighbour), and the routes towards the Internet.
+            .map_max_entries(
+                names::NEXTHOPS,
+                opts.max_associations.saturating_add(names::EXTRA_NEXTHOPS),
+            )
+            // The table mirrors the agent's host routes (up to two per
+            // association) and the operator's. Not preallocated: it costs
+            // only the routes there are.
+            .map_max_entries(
+                names::ROUTES,
+                opts.max_associations
+                    .saturating_mul(2)
+                    .saturating_add(names::EXTRA_ROUTES),
+            )
             .override_global(aya_log::LEVEL, &level, false);
         if let Some(dir) = &opts.pin_maps {
             // A map already pinned there is opened, not created: its
@@ -187,6 +209,8 @@ impl Datapath {
             addresses: take(&mut ebpf, names::ADDRESSES)?,
             verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
             eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
+            nexthops: take(&mut ebpf, names::NEXTHOPS)?,
+            routes: take(&mut ebpf, names::ROUTES)?,
             ebpf,
         })
     }
@@ -223,6 +247,73 @@ impl Datapath {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DatapathError::TxPort(ifindex, e))
+    }
+
+    /// The interfaces the fast path may redirect to.
+    pub fn tx_ports(&self) -> Result<std::collections::BTreeSet<u32>, DatapathError> {
+        self.tx_ports
+            .iter()
+            .map(|r| r.map(|(k, _)| k).map_err(map_err(names::TX_PORTS)))
+            .collect()
+    }
+
+    /// Slots of `NEXTHOPS`, id 0 included (never used).
+    pub fn nexthop_capacity(&self) -> u32 {
+        self.nexthops.len()
+    }
+
+    pub fn nexthop(&self, id: u32) -> Result<NextHop, DatapathError> {
+        self.nexthops.get(&id, 0).map_err(map_err(names::NEXTHOPS))
+    }
+
+    pub fn set_nexthop(&mut self, id: u32, hop: NextHop) -> Result<(), DatapathError> {
+        self.nexthops
+            .set(id, hop, 0)
+            .map_err(map_err(names::NEXTHOPS))
+    }
+
+    /// Every slot in use (a pinned map keeps the last agent's).
+    pub fn nexthops(&self) -> Result<Vec<(u32, NextHop)>, DatapathError> {
+        let mut out = Vec::new();
+        for (id, hop) in self.nexthops.iter().enumerate() {
+            let hop = hop.map_err(map_err(names::NEXTHOPS))?;
+            if hop != NextHop::default() {
+                out.push((id as u32, hop));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ROUTES[prefix] = id`.
+    pub fn set_route(&mut self, prefix: (u8, u32), id: u32) -> Result<(), DatapathError> {
+        let key = LpmKey::new(prefix.0 as u32, prefix.1.to_be_bytes());
+        self.routes
+            .insert(&key, id, 0)
+            .map_err(map_err(names::ROUTES))
+    }
+
+    pub fn remove_route(&mut self, prefix: (u8, u32)) -> Result<(), DatapathError> {
+        let key = LpmKey::new(prefix.0 as u32, prefix.1.to_be_bytes());
+        match self.routes.remove(&key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(map_err(names::ROUTES)),
+        }
+    }
+
+    /// Empties `ROUTES`: every outbound packet then asks the FIB.
+    pub fn clear_routes(&mut self) -> Result<(), DatapathError> {
+        let keys: Vec<_> = self
+            .routes
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ROUTES))?;
+        for k in keys {
+            match self.routes.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ROUTES)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Attaches to `iface`'s ingress and returns the mode in effect.

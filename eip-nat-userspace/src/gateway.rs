@@ -8,13 +8,15 @@
 
 use std::net::Ipv4Addr;
 
+use eip_nat_common::AddrEntry;
 use thiserror::Error;
 
 use crate::{
     api::{EipStat, Generation, Stats, VerdictStat},
     datapath::{Datapath, DatapathError},
     model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
-    routes::{RouteError, Routes},
+    nexthops::NextHops,
+    routes::{host_route, RouteError, Routes},
     store::{Store, StoreError},
 };
 
@@ -68,6 +70,8 @@ pub enum ApplyError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("reading the kernel's routes, neighbours and links")]
+    Kernel(#[source] std::io::Error),
 }
 
 /// What a reconcile changed.
@@ -90,6 +94,9 @@ pub struct Gateway {
     /// The addresses that have a route of ours, so that an address that
     /// never had one costs no netlink round trip.
     routed: std::collections::BTreeSet<Ipv4Addr>,
+    /// The programmed next hops; None with no routing table to follow
+    /// (test-run harnesses), where the fast path asks the FIB.
+    nexthops: Option<NextHops>,
 }
 
 /// An error and its sources on one line.
@@ -132,6 +139,21 @@ impl Gateway {
                 return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
             }
         }
+        let nexthops = match &routes {
+            Some(_) => {
+                let ports = datapath.tx_ports().map_err(|e| GatewayError::Datapath {
+                    generation,
+                    source: Box::new(e.into()),
+                })?;
+                let loaded =
+                    NextHops::load(&datapath, ports).map_err(|e| GatewayError::Datapath {
+                        generation,
+                        source: Box::new(ApplyError::Kernel(e)),
+                    })?;
+                Some(loaded)
+            }
+            None => None,
+        };
         let mut gw = Self {
             state,
             generation,
@@ -140,6 +162,7 @@ impl Gateway {
             datapath,
             routes,
             routed: Default::default(),
+            nexthops,
         };
         let report = gw.reconcile().map_err(|source| GatewayError::Datapath {
             generation,
@@ -157,19 +180,7 @@ impl Gateway {
     /// Brings the maps and routes in line with the whole desired state.
     pub fn reconcile(&mut self) -> Result<Reconciled, ApplyError> {
         let mut r = Reconciled::default();
-        let desired = tables::all_entries(&self.state);
-        let current: std::collections::BTreeMap<_, _> =
-            self.datapath.entries()?.into_iter().collect();
-        for addr in current.keys().filter(|a| !desired.contains_key(a)) {
-            self.datapath.put_entry(*addr, None)?;
-            r.entries_removed += 1;
-        }
-        for (addr, entry) in &desired {
-            if current.get(addr) != Some(entry) {
-                self.datapath.put_entry(*addr, Some(*entry))?;
-                r.entries_written += 1;
-            }
-        }
+        // Routes first: the next hops in the entries are resolved from them.
         if let Some(routes) = &mut self.routes {
             let desired = tables::all_routes(&self.state);
             let current = routes.list()?;
@@ -184,6 +195,38 @@ impl Gateway {
                 }
             }
             self.routed = desired.into_keys().collect();
+        }
+        if let Some(nh) = &mut self.nexthops {
+            nh.reload(&mut self.datapath)?;
+        }
+        let mut desired = tables::all_entries(&self.state);
+        if let Some(nh) = &mut self.nexthops {
+            for (addr, entry) in desired.iter_mut() {
+                if entry.is_eip() {
+                    let dest = Ipv4Addr::from(entry.private_ip);
+                    entry.nexthop = nh.bind(&mut self.datapath, *addr, dest)?;
+                } else {
+                    nh.unbind(*addr);
+                }
+            }
+        }
+        let current: std::collections::BTreeMap<_, _> =
+            self.datapath.entries()?.into_iter().collect();
+        for addr in current.keys().filter(|a| !desired.contains_key(a)) {
+            self.datapath.put_entry(*addr, None)?;
+            if let Some(nh) = &mut self.nexthops {
+                nh.unbind(*addr);
+            }
+            r.entries_removed += 1;
+        }
+        for (addr, entry) in &desired {
+            if current.get(addr) != Some(entry) {
+                self.datapath.put_entry(*addr, Some(*entry))?;
+                r.entries_written += 1;
+            }
+        }
+        if let Some(nh) = &mut self.nexthops {
+            nh.settle(&mut self.datapath)?;
         }
         self.mark_applied(self.generation)?;
         Ok(r)
@@ -308,23 +351,79 @@ impl Gateway {
                 self.datapath.reset_eip_counters(a.slot)?;
             }
         }
+        // Routes first, each taken into the next hops as soon as the
+        // kernel has it: an entry written below already forwards to where
+        // the ENI is now.
+        let mut rebind = Vec::new();
         for addr in &touched.addresses {
-            self.datapath
-                .put_entry(*addr, tables::entry_for(&self.state, *addr))?;
-            if let Some(routes) = &mut self.routes {
-                match tables::route_for(&self.state, *addr) {
-                    Some(location) => {
-                        routes.replace(*addr, &location)?;
-                        self.routed.insert(*addr);
+            let Some(routes) = &mut self.routes else {
+                break;
+            };
+            match tables::route_for(&self.state, *addr) {
+                Some(location) => {
+                    routes.replace(*addr, &location)?;
+                    self.routed.insert(*addr);
+                    if let Some(nh) = &mut self.nexthops {
+                        rebind.extend(nh.refresh_host_route(&mut self.datapath, *addr)?);
                     }
-                    None if self.routed.contains(addr) => {
-                        routes.delete(*addr)?;
-                        self.routed.remove(addr);
-                    }
-                    None => {}
                 }
+                None if self.routed.contains(addr) => {
+                    routes.delete(*addr)?;
+                    self.routed.remove(addr);
+                    if let Some(nh) = &mut self.nexthops {
+                        let gone = netlink_packet_route::RouteNetlinkMessage::DelRoute(host_route(
+                            *addr,
+                            Default::default(),
+                        ));
+                        rebind.extend(nh.note_route(&mut self.datapath, &gone)?);
+                    }
+                }
+                None => {}
             }
         }
+        for addr in touched.addresses.iter().chain(&rebind) {
+            let entry = self.entry(*addr)?;
+            self.datapath.put_entry(*addr, entry)?;
+        }
+        if let Some(nh) = &mut self.nexthops {
+            nh.settle(&mut self.datapath)?;
+        }
+        Ok(())
+    }
+
+    /// The `ADDRESSES` entry of `addr`, with the next hop of the address an
+    /// EIP delivers to.
+    fn entry(&mut self, addr: Ipv4Addr) -> Result<Option<AddrEntry>, DatapathError> {
+        let mut entry = tables::entry_for(&self.state, addr);
+        if let Some(nh) = &mut self.nexthops {
+            match &mut entry {
+                Some(e) if e.is_eip() => {
+                    e.nexthop = nh.bind(&mut self.datapath, addr, Ipv4Addr::from(e.private_ip))?
+                }
+                _ => nh.unbind(addr),
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Follows a change of the kernel's links, routes or neighbours
+    /// (an rtnetlink notification) into the programmed next hops.
+    pub fn kernel_changed(
+        &mut self,
+        m: &netlink_packet_route::RouteNetlinkMessage,
+    ) -> Result<(), ApplyError> {
+        let Some(nh) = &mut self.nexthops else {
+            return Ok(());
+        };
+        let rebind = nh.on_kernel(&mut self.datapath, m)?;
+        for eip in rebind {
+            let mut entry = tables::entry_for(&self.state, eip);
+            if let Some(e) = &mut entry {
+                e.nexthop = nh.id_of(eip);
+            }
+            self.datapath.put_entry(eip, entry)?;
+        }
+        nh.settle(&mut self.datapath)?;
         Ok(())
     }
 

@@ -19,6 +19,8 @@ fn load(program: &'static str) -> Result<Ebpf, DatapathError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::ADDRESSES, 1)
         .map_max_entries(names::EIP_COUNTERS, 1)
+        .map_max_entries(names::NEXTHOPS, 1)
+        .map_max_entries(names::ROUTES, 1)
         .load(OBJECT)
         .map_err(DatapathError::Load)?;
     xdp(&mut ebpf, program)?

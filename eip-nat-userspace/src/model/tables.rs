@@ -37,7 +37,7 @@ pub fn entry_for(state: &State, addr: Ipv4Addr) -> Option<AddrEntry> {
                 eip_slot: a.slot,
                 eip: key,
                 private_slot: a.slot,
-                reserved: 0,
+                nexthop: 0,
             },
         };
         if detached {
