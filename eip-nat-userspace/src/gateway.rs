@@ -381,7 +381,9 @@ impl Gateway {
                 None => {}
             }
         }
-        for addr in touched.addresses.iter().chain(&rebind) {
+        let addresses: std::collections::BTreeSet<Ipv4Addr> =
+            touched.addresses.iter().chain(&rebind).copied().collect();
+        for addr in &addresses {
             let entry = self.entry(*addr)?;
             self.datapath.put_entry(*addr, entry)?;
         }

@@ -11,7 +11,7 @@ use eip_nat::{
     model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
-    maps::FLAG_FAST_PATH,
+    maps::{NextHop, FLAG_FAST_PATH, NEXTHOP_VALID},
     verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
@@ -134,7 +134,7 @@ impl Harness {
         let (action, out) = self.run(direction, input);
         let want_action = if verdict.is_drop() {
             XDP_DROP
-        } else if verdict == Verdict::Redirected {
+        } else if matches!(verdict, Verdict::Redirected | Verdict::RedirectedFib) {
             XDP_REDIRECT
         } else {
             XDP_PASS
@@ -624,6 +624,8 @@ fn fast_harness(rig: &FibRig) -> Harness {
     h
 }
 
+/// With no programmed next hop (this harness has no agent following the
+/// kernel), the fast path asks the FIB: `translated_redirect_fib`.
 #[test]
 fn fast_path_forwards_like_a_router() {
     let rig = fib_rig();
@@ -640,7 +642,7 @@ fn fast_path_forwards_like_a_router() {
         "udp in",
         Direction::Inbound,
         &input,
-        Verdict::Redirected,
+        Verdict::RedirectedFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
 
@@ -652,7 +654,7 @@ fn fast_path_forwards_like_a_router() {
         "tcp out",
         Direction::Outbound,
         &input,
-        Verdict::Redirected,
+        Verdict::RedirectedFib,
         &expected.frame_with(internet_mac, pub_mac),
     );
 
@@ -665,7 +667,74 @@ fn fast_path_forwards_like_a_router() {
         "echo in, ttl 2",
         Direction::Inbound,
         &input,
+        Verdict::RedirectedFib,
+        &expected.frame_with(instance_mac, priv_mac),
+    );
+}
+
+/// A programmed next hop is used as it is, with no FIB lookup: its MACs
+/// (here ones the FIB would never give) and its MTU; marked unusable, the
+/// FIB takes over again.
+#[test]
+fn programmed_next_hop_is_used_without_the_fib() {
+    let rig = fib_rig();
+    let mut h = fast_harness(&rig);
+    let (priv_dev, priv_mac, instance_mac) = rig.private.clone();
+    let ifindex = integration_tests::netns::ifindex(&rig.ns, &priv_dev);
+    let (dmac, smac) = ([0x02, 0xaa, 0, 0, 0, 1], [0x02, 0xaa, 0, 0, 0, 2]);
+    let mut hop = NextHop {
+        ifindex,
+        mtu: 1500,
+        flags: NEXTHOP_VALID,
+        dmac,
+        smac,
+        neighbour: PRIVATE.octets(),
+    };
+    let dp = h.gw.datapath_mut();
+    dp.set_nexthop(1, hop).unwrap();
+    let mut entry = dp
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|(a, _)| *a == EIP)
+        .unwrap()
+        .1;
+    entry.nexthop = 1;
+    dp.put_entry(EIP, Some(entry)).unwrap();
+
+    let input = udp(INTERNET, 40000, EIP, 53, b"programmed", true);
+    let mut expected = udp(INTERNET, 40000, PRIVATE, 53, b"programmed", true);
+    expected.ttl = 63;
+    h.translated_as(
+        "programmed",
+        Direction::Inbound,
+        &input,
         Verdict::Redirected,
+        &expected.frame_with(dmac, smac),
+    );
+
+    // Over the next hop's MTU: passed, translated, for the kernel to
+    // fragment or answer.
+    hop.mtu = 100;
+    h.gw.datapath_mut().set_nexthop(1, hop).unwrap();
+    let big = udp(INTERNET, 40000, EIP, 53, &[7; 200], true);
+    let translated = udp(INTERNET, 40000, PRIVATE, 53, &[7; 200], true);
+    h.translated_as(
+        "over the programmed MTU",
+        Direction::Inbound,
+        &big,
+        Verdict::FallbackFragNeeded,
+        &translated.frame(),
+    );
+
+    // Unusable (neighbour gone, link down): the FIB answers.
+    hop.flags = 0;
+    h.gw.datapath_mut().set_nexthop(1, hop).unwrap();
+    h.translated_as(
+        "unusable: FIB",
+        Direction::Inbound,
+        &input,
+        Verdict::RedirectedFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
 }
@@ -742,7 +811,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         "at the MTU",
         Direction::Inbound,
         &input.frame(),
-        Verdict::Redirected,
+        Verdict::RedirectedFib,
         &expected.frame_with(c_neigh, c_mac),
         NONE,
     );

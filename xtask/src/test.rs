@@ -110,6 +110,10 @@ pub fn run() -> Result<()> {
             vec![root_test("netns")],
         ),
         (
+            "next-hop netns tests (programmed next hops; neighbour, route and link changes followed)",
+            vec![root_test("nexthops")],
+        ),
+        (
             "control-plane netns tests (modes, ENI move, restarts under traffic, kill -9, API)",
             vec![root_test("control")],
         ),
