@@ -8,6 +8,9 @@ use super::kernel::NextHopKey;
 
 pub struct Ids {
     by_key: HashMap<NextHopKey, (u32, u32)>,
+    /// (ifindex, neighbour) → ids: a neighbour's change touches its slots
+    /// without a scan of all.
+    by_neighbour: HashMap<(u32, std::net::Ipv4Addr), Vec<u32>>,
     keys: HashMap<u32, NextHopKey>,
     free: Vec<u32>,
     /// Freed in this change; reusable after [`Ids::settle`], so that an id
@@ -23,6 +26,7 @@ impl Ids {
     pub fn new(capacity: u32) -> Self {
         Self {
             by_key: HashMap::new(),
+            by_neighbour: HashMap::new(),
             keys: HashMap::new(),
             free: Vec::new(),
             freed: Vec::new(),
@@ -39,6 +43,7 @@ impl Ids {
         }
         self.by_key.insert(key, (id, 0));
         self.keys.insert(id, key);
+        self.index(id, key);
         self.next = self.next.max(id + 1);
     }
 
@@ -59,6 +64,7 @@ impl Ids {
         };
         self.by_key.insert(key, (id, 1));
         self.keys.insert(id, key);
+        self.index(id, key);
         Some((id, true))
     }
 
@@ -75,10 +81,38 @@ impl Ids {
         }
     }
 
+    fn index(&mut self, id: u32, key: NextHopKey) {
+        self.by_neighbour
+            .entry((key.ifindex, key.neighbour))
+            .or_default()
+            .push(id);
+    }
+
     fn forget(&mut self, id: u32, key: NextHopKey) {
         self.by_key.remove(&key);
         self.keys.remove(&id);
+        let n = (key.ifindex, key.neighbour);
+        if let Some(ids) = self.by_neighbour.get_mut(&n) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_neighbour.remove(&n);
+            }
+        }
         self.freed.push(id);
+    }
+
+    /// The slots that hand packets to `neighbour` through `ifindex`.
+    pub fn of_neighbour(
+        &self,
+        ifindex: u32,
+        neighbour: std::net::Ipv4Addr,
+    ) -> Vec<(u32, NextHopKey)> {
+        self.by_neighbour
+            .get(&(ifindex, neighbour))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.keys.get(id).map(|k| (*id, *k)))
+            .collect()
     }
 
     /// Frees adopted ids nobody took, and returns every id freed since the

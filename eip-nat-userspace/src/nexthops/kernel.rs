@@ -6,7 +6,7 @@
 //! of once per packet.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     net::Ipv4Addr,
 };
@@ -98,7 +98,9 @@ pub struct KernelView {
     per_len: Vec<u32>,
     /// Local and broadcast addresses (the local table): never forwarded.
     local: HashSet<Ipv4Addr>,
-    neighbours: HashMap<(u32, Ipv4Addr), Neighbour>,
+    /// By (address, ifindex): ordered by address, so the neighbours inside
+    /// a prefix are a range.
+    neighbours: BTreeMap<(Ipv4Addr, u32), Neighbour>,
 }
 
 impl Default for KernelView {
@@ -108,7 +110,7 @@ impl Default for KernelView {
             routes: HashMap::new(),
             per_len: vec![0; 33],
             local: HashSet::new(),
-            neighbours: HashMap::new(),
+            neighbours: BTreeMap::new(),
         }
     }
 }
@@ -201,13 +203,20 @@ impl KernelView {
         Self::key_via(route, addr)
     }
 
-    /// Every neighbour entry, as (ifindex, address).
-    pub fn neighbours(&self) -> impl Iterator<Item = (u32, Ipv4Addr)> + '_ {
-        self.neighbours.keys().copied()
+    /// The neighbour entries inside `p`, as (ifindex, address).
+    pub fn neighbours_in(&self, p: Prefix) -> impl Iterator<Item = (u32, Ipv4Addr)> + '_ {
+        let (lo, hi) = range(p);
+        self.neighbours
+            .range((lo, 0)..=(hi, u32::MAX))
+            .map(|((a, i), _)| (*i, *a))
+    }
+
+    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
+        self.local.contains(&addr)
     }
 
     pub fn neighbour(&self, ifindex: u32, addr: Ipv4Addr) -> Option<&Neighbour> {
-        self.neighbours.get(&(ifindex, addr))
+        self.neighbours.get(&(addr, ifindex))
     }
 
     /// Takes one dump entry or notification into the view.
@@ -334,7 +343,7 @@ impl KernelView {
         let Some(addr) = addr else {
             return Change::Nothing;
         };
-        let key = (n.header.ifindex, addr);
+        let key = (addr, n.header.ifindex);
         // include/net/neighbour.h: NUD_VALID.
         let usable = matches!(
             n.header.state,
@@ -353,7 +362,7 @@ impl KernelView {
                 self.neighbours.remove(&key);
             }
         }
-        Change::Neighbour(key.0, key.1)
+        Change::Neighbour(key.1, key.0)
     }
 
     /// Takes a route the agent itself just installed, before the kernel's

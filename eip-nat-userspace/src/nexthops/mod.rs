@@ -212,7 +212,7 @@ impl NextHops {
 
     /// Brings `ROUTES[p]` in line with the kernel's route for `p`.
     fn sync_route(&mut self, dp: &mut Datapath, p: Prefix) -> Result<(), DatapathError> {
-        let local = p.0 == 32 && self.kernel.locals().any(|a| u32::from(a) == p.1);
+        let local = p.0 == 32 && self.kernel.is_local(Ipv4Addr::from(p.1));
         let key = match (local, self.kernel.route(p)) {
             (true, _) => Some(None),
             (false, Some(r)) => Some(
@@ -247,10 +247,10 @@ impl NextHops {
         let (lo, hi) = kernel::range(p);
         let inside = |a: &Ipv4Addr| (lo..=hi).contains(a);
         let mut wanted: HashMap<Prefix, NextHopKey> = HashMap::new();
-        for (ifindex, addr) in self.kernel.neighbours().filter(|(_, a)| inside(a)) {
+        for (ifindex, addr) in self.kernel.neighbours_in(p) {
             let host = kernel::prefix(32, addr);
             // A route of the table's own for the /32 wins (sync_route).
-            if self.kernel.route(host).is_some() || self.kernel.locals().any(|l| l == addr) {
+            if self.kernel.route(host).is_some() || self.kernel.is_local(addr) {
                 continue;
             }
             let Some((_, route)) = self.kernel.lookup(addr) else {
@@ -262,10 +262,22 @@ impl NextHops {
                 }
             }
         }
-        let stale: Vec<Prefix> = self
-            .neighbour_routes
-            .keys()
-            .filter(|h| inside(&Ipv4Addr::from(h.1)))
+        // A /32 (a neighbour's own change) is looked up, not scanned for.
+        let candidates: Vec<Prefix> = if p.0 == 32 {
+            self.neighbour_routes
+                .get_key_value(&p)
+                .map(|(k, _)| *k)
+                .into_iter()
+                .collect()
+        } else {
+            self.neighbour_routes
+                .keys()
+                .filter(|h| inside(&Ipv4Addr::from(h.1)))
+                .copied()
+                .collect()
+        };
+        let stale: Vec<Prefix> = candidates
+            .iter()
             .filter(|h| {
                 let keep = wanted
                     .get(h)
@@ -336,11 +348,7 @@ impl NextHops {
         let rebind = match self.kernel.apply(m) {
             Change::Nothing => vec![],
             Change::Neighbour(ifindex, addr) => {
-                let hit: Vec<_> = self
-                    .ids
-                    .all()
-                    .filter(|(_, k)| k.ifindex == ifindex && k.neighbour == addr)
-                    .collect();
+                let hit = self.ids.of_neighbour(ifindex, addr);
                 for (id, key) in hit {
                     self.write(dp, id, key)?;
                 }
