@@ -48,7 +48,7 @@ pub fn copy_bytes<const N: usize>(dst: *mut [u8; N], src: &[u8; N]) {
 /// the copy back into a `memset` call. `T`'s size must be a multiple of 8.
 #[inline(always)]
 pub fn zero_in_place<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
     let words = v.as_mut_ptr() as *mut u64;
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 8 {
