@@ -318,3 +318,30 @@ mod rig_pod {
     unsafe impl aya::Pod for super::SinkConfig {}
     unsafe impl aya::Pod for super::SinkCounters {}
 }
+
+// ---- Rig: the minimal hand-written NAT, the benchmark's reference peer ----
+
+/// `HashMap<[u8; 4], [u8; 4]>`: destination → new destination, the one
+/// lookup `xdp_min_nat` makes. The loader sizes it to the mappings.
+pub const MIN_NAT_TABLE: &str = "MIN_NAT_TABLE";
+/// `Array<MinNatConfig>`, one entry: the MACs `xdp_min_nat` writes.
+pub const MIN_NAT_CONFIG: &str = "MIN_NAT_CONFIG";
+/// `DevMap`, one entry: where `xdp_min_nat` redirects every frame.
+pub const MIN_NAT_PORT: &str = "MIN_NAT_PORT";
+
+/// The next hop's MAC and the egress's own, fixed: the minimal NAT has no
+/// FIB lookup, so the rig tells it what a router would have found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct MinNatConfig {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<MinNatConfig>() == 12);
+
+#[cfg(feature = "user")]
+mod min_nat_pod {
+    // SAFETY: #[repr(C)], byte arrays only, no padding (size asserted).
+    unsafe impl aya::Pod for super::MinNatConfig {}
+}

@@ -5,14 +5,15 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use eip_nat_common::{
     csum,
-    ipv4::{ETH_HLEN, ETH_P_IP_BYTES},
-    maps::{GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
+    ipv4::{self, ETH_HLEN, ETH_P_IP_BYTES, PROTO_UDP},
+    maps::{GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::packet::{copy_bytes, ptr_at};
 
@@ -125,4 +126,73 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
         }
     }
     XDP_DROP
+}
+
+// Sized by the loader (`EbpfLoader::map_max_entries`) to the mappings.
+#[map(name = "MIN_NAT_TABLE")]
+static MIN_NAT_TABLE: HashMap<Ipv4Key, Ipv4Key> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "MIN_NAT_CONFIG")]
+static MIN_NAT_CONFIG: Array<MinNatConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "MIN_NAT_PORT")]
+static MIN_NAT_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// The benchmark's reference peer: the least a correct XDP 1:1 NAT does to
+/// forward a packet to a translated destination. One hash lookup, the new
+/// destination with both checksums patched, a router's TTL decrement,
+/// fixed MACs, and a redirect; no counters, no FIB lookup. What it cannot
+/// handle (not IPv4, IP options, TTL ≤ 1, no mapping) goes to the kernel.
+#[xdp]
+pub fn xdp_min_nat(ctx: XdpContext) -> u32 {
+    min_nat(&ctx).unwrap_or(XDP_PASS)
+}
+
+#[inline(always)]
+fn min_nat(ctx: &XdpContext) -> Option<u32> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ether_type = ptr_at::<[u8; 2]>(ctx, 12)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: ptr_at checked the bytes are in the frame.
+    let (ether_type, ip) = unsafe { (*ether_type, &mut *ip) };
+    // IHL 5 only: options would move the L4 header.
+    if ether_type != ETH_P_IP_BYTES || ip.vihl != 0x45 || ip.ttl <= 1 {
+        return None;
+    }
+    // SAFETY: copied out at once.
+    let new = *unsafe { MIN_NAT_TABLE.get(ip.dst_addr) }?;
+    let cfg = MIN_NAT_CONFIG.get(0)?;
+    // Found before anything is written, so a frame too short for its L4
+    // checksum goes to the kernel as it came. Only a first fragment
+    // carries the L4 header.
+    let l4_check = match ipv4::pseudo_header_checksum_offset(ip.proto) {
+        Some(off) if ipv4::is_first_fragment(ip.frags) => Some(ptr_at::<[u8; 2]>(
+            ctx,
+            ETH_HLEN + ipv4::MIN_HEADER_LEN + off,
+        )?),
+        _ => None,
+    };
+    let old = ip.dst_addr;
+    ip.dst_addr = new;
+    let check = csum::replace_u32(u16::from_be_bytes(ip.check), old, new);
+    ip.check = csum::decrement_ttl(check, ip.ttl, ip.proto).to_be_bytes();
+    ip.ttl -= 1;
+    if let Some(p) = l4_check {
+        // SAFETY: ptr_at checked both bytes are in the frame.
+        unsafe {
+            let c = u16::from_be_bytes(*p);
+            *p = if ip.proto == PROTO_UDP {
+                csum::udp_replace_u32(c, old, new)
+            } else {
+                csum::replace_u32(c, old, new)
+            }
+            .to_be_bytes();
+        }
+    }
+    // SAFETY: ptr_at checked the Ethernet header is in the frame.
+    unsafe {
+        copy_bytes(&mut (*eth).dst_addr, &cfg.dst_mac);
+        copy_bytes(&mut (*eth).src_addr, &cfg.src_mac);
+    }
+    Some(MIN_NAT_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED))
 }

@@ -1,28 +1,39 @@
 //! Handles on the object's rig programs, for veth test rigs, the demo and
-//! the benchmark: a pass-through receiver, a no-op redirector, a live-frame
-//! traffic generator and a counting sink. The agent never loads them.
+//! the benchmark: a pass-through receiver, a no-op redirector, the minimal
+//! NAT the benchmark compares with, a live-frame traffic generator and a
+//! counting sink. The agent never loads them.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use aya::{
-    maps::{Array, DevMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use eip_nat_common::maps::{self as names, GenConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN};
+use eip_nat_common::maps::{
+    self as names, GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN,
+};
 
 use crate::datapath::{map_err, take, DatapathError, OBJECT};
 
 /// Loads the object for one rig program (the datapath's maps kept tiny)
 /// and returns it with the program loaded.
 fn load(program: &'static str) -> Result<Ebpf, DatapathError> {
-    let mut ebpf = EbpfLoader::new()
+    load_sized(program, &[])
+}
+
+/// [`load`], with some of the rig's maps given a size.
+fn load_sized(program: &'static str, sizes: &[(&str, u32)]) -> Result<Ebpf, DatapathError> {
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::ADDRESSES, 1)
         .map_max_entries(names::EIP_COUNTERS, 1)
         .map_max_entries(names::NEXTHOPS, 1)
-        .map_max_entries(names::ROUTES, 1)
-        .load(OBJECT)
-        .map_err(DatapathError::Load)?;
+        .map_max_entries(names::ROUTES, 1);
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
     xdp(&mut ebpf, program)?
         .load()
         .map_err(|e| DatapathError::Program(program, e))?;
@@ -40,14 +51,39 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp, Dat
 /// namespace. Detached when the returned object is dropped.
 fn attached(program: &'static str, iface: &str) -> Result<Ebpf, DatapathError> {
     let mut ebpf = load(program)?;
-    xdp(&mut ebpf, program)?
+    attach_native(&mut ebpf, program, iface)?;
+    Ok(ebpf)
+}
+
+fn attach_native(ebpf: &mut Ebpf, program: &'static str, iface: &str) -> Result<(), DatapathError> {
+    xdp(ebpf, program)?
         .attach(iface, XdpMode::Driver)
         .map_err(|source| DatapathError::Attach {
             iface: iface.to_string(),
             mode: "native",
             source,
         })?;
-    Ok(ebpf)
+    Ok(())
+}
+
+/// Runs `program` once on `frame` (BPF_PROG_TEST_RUN, no live frames);
+/// returns its action and the frame it left.
+fn run_once(
+    program: &mut Xdp,
+    name: &'static str,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), DatapathError> {
+    // Room for a program that grows the frame.
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .map_err(|e| DatapathError::Program(name, e))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
 
 /// `xdp_pass` on an interface, for as long as this value lives.
@@ -95,6 +131,76 @@ impl NoopRedirect {
     }
 }
 
+/// `xdp_min_nat`: the minimal hand-written XDP NAT the benchmark holds
+/// eip-nat against. Rewrites the destination of every frame whose
+/// destination it has a mapping for and redirects it out of one port with
+/// fixed MACs.
+pub struct MinNat {
+    ebpf: Ebpf,
+    table: HashMap<MapData, Ipv4Key, Ipv4Key>,
+}
+
+impl MinNat {
+    const PROGRAM: &'static str = "xdp_min_nat";
+
+    /// Loaded and configured, not attached (for [`Self::run`] and test
+    /// runs): frames leave with `macs` through `egress_ifindex`; the table
+    /// holds up to `capacity` mappings.
+    pub fn load(
+        macs: MinNatConfig,
+        egress_ifindex: u32,
+        capacity: u32,
+    ) -> Result<Self, DatapathError> {
+        let mut ebpf = load_sized(Self::PROGRAM, &[(names::MIN_NAT_TABLE, capacity)])?;
+        let mut config: Array<MapData, MinNatConfig> = take(&mut ebpf, names::MIN_NAT_CONFIG)?;
+        config
+            .set(0, macs, 0)
+            .map_err(map_err(names::MIN_NAT_CONFIG))?;
+        let mut port: DevMap<MapData> = take(&mut ebpf, names::MIN_NAT_PORT)?;
+        port.set(0, egress_ifindex, None, 0)
+            .map_err(|e| DatapathError::TxPort(egress_ifindex, e))?;
+        let table = take(&mut ebpf, names::MIN_NAT_TABLE)?;
+        Ok(Self { ebpf, table })
+    }
+
+    /// [`Self::load`], then attached natively to `iface` in the caller's
+    /// namespace until dropped.
+    pub fn attach(
+        iface: &str,
+        macs: MinNatConfig,
+        egress_ifindex: u32,
+        capacity: u32,
+    ) -> Result<Self, DatapathError> {
+        let mut nat = Self::load(macs, egress_ifindex, capacity)?;
+        attach_native(&mut nat.ebpf, Self::PROGRAM, iface)?;
+        Ok(nat)
+    }
+
+    /// Frames to `from` leave addressed to `to`. One map update each, so a
+    /// million take a few seconds.
+    pub fn insert_all(
+        &mut self,
+        mappings: impl IntoIterator<Item = (Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<(), DatapathError> {
+        for (from, to) in mappings {
+            self.table
+                .insert(from.octets(), to.octets(), 0)
+                .map_err(map_err(names::MIN_NAT_TABLE))?;
+        }
+        Ok(())
+    }
+
+    /// The program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self) -> &mut Xdp {
+        xdp(&mut self.ebpf, Self::PROGRAM).expect("loaded")
+    }
+
+    /// Runs the program once on `frame`; returns its action and output.
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), DatapathError> {
+        run_once(self.program(), Self::PROGRAM, frame)
+    }
+}
+
 /// `xdp_sink` on an interface: counts and drops.
 pub struct Sink {
     _ebpf: Ebpf,
@@ -114,13 +220,8 @@ impl Sink {
 
     /// Runs the sink once on `frame` (BPF_PROG_TEST_RUN); returns its action.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
-        let r = xdp(&mut self._ebpf, "xdp_sink")?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            })
-            .map_err(|e| DatapathError::Program("xdp_sink", e))?;
-        Ok(r.return_value)
+        let program = xdp(&mut self._ebpf, "xdp_sink")?;
+        Ok(run_once(program, "xdp_sink", frame)?.0)
     }
 
     fn configure(mut ebpf: Ebpf, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
@@ -230,16 +331,8 @@ impl Generator {
     /// Runs the program once on the template, without transmitting, and
     /// returns the frame it produced: what every live frame looks like.
     pub fn sample(&mut self) -> Result<Vec<u8>, DatapathError> {
-        let mut out = vec![0u8; self.template.len() + 64];
-        let r = xdp(&mut self.ebpf, "xdp_gen")?
-            .test_run(TestRunOptions {
-                data_in: Some(&self.template),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .map_err(|e| DatapathError::Program("xdp_gen", e))?;
-        out.truncate(r.data_size_out as usize);
-        Ok(out)
+        let program = xdp(&mut self.ebpf, "xdp_gen")?;
+        Ok(run_once(program, "xdp_gen", &self.template)?.1)
     }
 
     /// Sends `frames` frames, in batches of 64; returns how long it took.

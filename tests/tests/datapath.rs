@@ -863,6 +863,68 @@ fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
     assert_eq!((c.good, c.bad), (2, 2));
 }
 
+/// The benchmark's reference NAT must do a real NAT's work, correctly:
+/// every output frame is compared whole with one built independently.
+#[test]
+fn min_nat_translates_and_forwards_like_a_router() {
+    require_root();
+    let (next_hop, own) = ([0x02, 0, 0, 0, 0, 0x0c], [0x02, 0, 0, 0, 0, 0x0d]);
+    // SAFETY: a valid C string. Test-run does not transmit: the port is
+    // only there for the redirect to find.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let macs = eip_nat_common::maps::MinNatConfig {
+        dst_mac: next_hop,
+        src_mac: own,
+    };
+    let mut nat = eip_nat::rig::MinNat::load(macs, lo, 4).expect("load xdp_min_nat");
+    nat.insert_all([(EIP, PRIVATE)]).unwrap();
+    let later_fragment = |dst| {
+        let mut p = Ipv4::new(INTERNET, dst, 17, b"not a UDP header".to_vec());
+        p.frags = 0x00b9;
+        p
+    };
+    // Each case, addressed to a destination.
+    type Packet = fn(Ipv4Addr) -> Ipv4;
+    let cases: [(&str, Packet); 5] = [
+        ("UDP", |d| udp(INTERNET, 4000, d, 9, b"payload", true)),
+        ("UDP without checksum", |d| {
+            udp(INTERNET, 4000, d, 9, b"payload", false)
+        }),
+        ("TCP", |d| tcp(INTERNET, 4000, d, 80, 0x02, b"")),
+        ("ICMP", |d| icmp_echo(INTERNET, d, 8, 1, 1, b"ping")),
+        ("later fragment", later_fragment),
+    ];
+    for (name, packet) in cases {
+        let mut expected = packet(PRIVATE);
+        expected.ttl -= 1;
+        let (action, out) = nat.run(&packet(EIP).frame()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{name}");
+        assert_eq!(
+            hex(&out),
+            hex(&expected.frame_with(next_hop, own)),
+            "{name}"
+        );
+    }
+    // What it does not handle goes to the kernel untouched.
+    let mut ttl_1 = udp(INTERNET, 4000, EIP, 9, b"x", true);
+    ttl_1.ttl = 1;
+    let mut options = udp(INTERNET, 4000, EIP, 9, b"x", true);
+    options.options = vec![1, 1, 1, 0];
+    let mut arp = udp(INTERNET, 4000, EIP, 9, b"x", true).frame();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    for (name, frame) in [
+        (
+            "no mapping",
+            udp(INTERNET, 4000, OTHER, 9, b"x", true).frame(),
+        ),
+        ("TTL 1", ttl_1.frame()),
+        ("IP options", options.frame()),
+        ("not IPv4", arp),
+    ] {
+        assert_eq!(nat.run(&frame).unwrap(), (XDP_PASS, frame), "{name}");
+    }
+}
+
 // ---- Anti-spoofing and hairpin ----
 
 #[test]
