@@ -76,6 +76,40 @@ pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32
 /// Number of entries of [`VERDICT_COUNTERS`].
 pub const VERDICT_COUNTERS_LEN: u32 = Direction::COUNT as u32 * VERDICT_SLOTS;
 
+/// `Array<IcmpConfig>`, one entry: the addresses the datapath's own ICMP
+/// errors come from, and their rate limit. Not pinned: the agent sets it
+/// each time it loads the program.
+pub const ICMP_CONFIG: &str = "ICMP_CONFIG";
+/// `PerCpuArray<IcmpBucket>`, one entry: the rate limiter's state.
+pub const ICMP_BUCKET: &str = "ICMP_BUCKET";
+
+/// The only entry of [`ICMP_CONFIG`]. An address of 0 turns the datapath's
+/// own errors off on that side: the packet goes to the kernel as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IcmpConfig {
+    /// Source of errors sent back out of the public / private interface:
+    /// the gateway's own address there.
+    pub public_addr: Ipv4Key,
+    pub private_addr: Ipv4Key,
+    /// One error per this many nanoseconds, per CPU, with bursts of up to
+    /// `burst_ns / interval_ns` errors (a token bucket, as the kernel's
+    /// icmp_global). Both in nanoseconds, so the program never multiplies.
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<IcmpConfig>() == 24);
+
+/// Token bucket state, in nanoseconds of credit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IcmpBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
 /// Next hops besides one per association (routes towards the Internet).
 pub const EXTRA_NEXTHOPS: u32 = 4096;
 
@@ -253,6 +287,8 @@ mod pod {
     unsafe impl aya::Pod for super::VerdictCounter {}
     unsafe impl aya::Pod for super::EipCounters {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::IcmpConfig {}
+    unsafe impl aya::Pod for super::IcmpBucket {}
 }
 
 // ---- Rig programs (tests, demo, benchmark); the agent never loads them ----

@@ -6,6 +6,7 @@
 /// XDP action codes (`enum xdp_action`, include/uapi/linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 #[repr(u32)]
@@ -67,10 +68,24 @@ pub enum Verdict {
     /// because no next hop was programmed for it or the programmed one is
     /// not usable (neighbour unresolved, link down).
     RedirectedFib = 20,
+    /// TTL ≤ 1: the datapath sent the sender an ICMP time exceeded built
+    /// from the packet as it arrived, untranslated, so that it quotes the
+    /// addresses the sender used (RFC 1812 §5.3.1, RFC 5508 §4.2).
+    IcmpTimeExceededSent = 21,
+    /// DF set and larger than the next hop's MTU: the datapath sent the
+    /// sender an ICMP "fragmentation needed" with that MTU (RFC 1191),
+    /// quoting the untranslated packet.
+    IcmpFragNeededSent = 22,
+    /// An ICMP error was due (as the two above) but over the rate limit:
+    /// the packet, which cannot be forwarded, is dropped.
+    DropIcmpRateLimited = 23,
+    /// An ICMP error was due, but the frame could not be reshaped into it
+    /// (the driver refused to move its bounds): dropped.
+    DropIcmpNotBuilt = 24,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 25;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -93,6 +108,10 @@ impl Verdict {
         Self::DropPrivateDisabled,
         Self::DropEniDetached,
         Self::RedirectedFib,
+        Self::IcmpTimeExceededSent,
+        Self::IcmpFragNeededSent,
+        Self::DropIcmpRateLimited,
+        Self::DropIcmpNotBuilt,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -119,6 +138,10 @@ impl Verdict {
             Self::DropPrivateDisabled => "drop_private_disabled",
             Self::DropEniDetached => "drop_eni_detached",
             Self::RedirectedFib => "translated_redirect_fib",
+            Self::IcmpTimeExceededSent => "icmp_time_exceeded_sent",
+            Self::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            Self::DropIcmpRateLimited => "drop_icmp_rate_limited",
+            Self::DropIcmpNotBuilt => "drop_icmp_not_built",
         }
     }
 
@@ -128,6 +151,8 @@ impl Verdict {
             XDP_DROP
         } else if matches!(self, Self::Redirected | Self::RedirectedFib) {
             XDP_REDIRECT
+        } else if matches!(self, Self::IcmpTimeExceededSent | Self::IcmpFragNeededSent) {
+            XDP_TX
         } else {
             XDP_PASS
         }
@@ -161,6 +186,8 @@ impl Verdict {
                 | Self::IcmpErrorInnerFragment
                 | Self::DropPrivateDisabled
                 | Self::DropEniDetached
+                | Self::DropIcmpRateLimited
+                | Self::DropIcmpNotBuilt
         )
     }
 
@@ -206,6 +233,7 @@ mod tests {
                 a.action() == XDP_REDIRECT,
                 a.name().starts_with("translated_redirect")
             );
+            assert_eq!(a.action() == XDP_TX, a.name().ends_with("_sent"));
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod forward;
 mod icmp;
+mod icmp_reply;
 mod maps;
 mod packet;
 mod rig;

@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
+use eip_nat_common::maps::{IcmpBucket, IcmpConfig};
 use eip_nat_common::{
     maps::{
         Ipv4Key, NextHop, DEFAULT_MAX_ASSOCIATIONS, EXTRA_NEXTHOPS, EXTRA_ROUTES, MAX_TX_PORTS,
@@ -31,6 +32,12 @@ pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =
 #[map(name = "EIP_COUNTERS")]
 pub static EIP_COUNTERS: PerCpuArray<EipCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+#[map(name = "ICMP_CONFIG")]
+pub static ICMP_CONFIG: Array<IcmpConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "ICMP_BUCKET")]
+pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NEXTHOPS")]
 pub static NEXTHOPS: Array<NextHop> =

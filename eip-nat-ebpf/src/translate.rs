@@ -17,7 +17,7 @@ use network_types::ip::Ipv4Hdr;
 use eip_nat_common::{maps::Ipv4Key, AddrEntry, NatEntry};
 
 use crate::{
-    forward, icmp,
+    forward, icmp, icmp_reply,
     maps::{self, ADDRESSES},
     packet::{holds, ptr_at},
     stats,
@@ -75,8 +75,27 @@ pub fn translate(
         icmp::Quoted::NONE
     };
 
-    let udp = ip.proto == PROTO_UDP;
+    // Where it goes, decided on the addresses it will have, before any
+    // write: a packet that cannot be forwarded is answered as it came.
     let (old_src, old_dst) = (ip.src_addr, ip.dst_addr);
+    let new_src = rewrite.src.map_or(old_src, |e| e.addr);
+    let new_dst = rewrite.dst.map_or(old_dst, |e| e.addr);
+    // Delivered to one of ours: the next hop of that address; anywhere
+    // else: the one of the route that covers the destination.
+    let nexthop = match (fast_path, rewrite.dst) {
+        (false, _) => 0,
+        (true, Some(_)) => rewrite.nexthop,
+        (true, None) => maps::route_nexthop(new_dst),
+    };
+    let mut fib = core::mem::MaybeUninit::uninit();
+    let plan = forward::plan(ctx, ip, fast_path, (new_src, new_dst), nexthop, &mut fib);
+    if let Some((kind, code, mtu)) = plan.error() {
+        if let Some(v) = icmp_reply::send(ctx, direction, kind, code, mtu) {
+            return Ok(v);
+        }
+    }
+
+    let udp = ip.proto == PROTO_UDP;
     let mut ip_check = u16::from_be_bytes(ip.check);
     // SAFETY: ptr_at checked both bytes are inside the packet.
     let mut l4 = l4_check.map(|p| (p, u16::from_be_bytes(unsafe { *p })));
@@ -105,17 +124,7 @@ pub fn translate(
             q.translate_destination(old_src, e.addr);
         }
     }
-    if fast_path {
-        // Delivered to one of ours: the next hop of that address; anywhere
-        // else: the one of the route that covers the destination.
-        let nexthop = match rewrite.dst {
-            Some(_) => rewrite.nexthop,
-            None => maps::route_nexthop(ip.dst_addr),
-        };
-        Ok(forward::forward(ctx, ip, tot_len, nexthop))
-    } else {
-        Ok(Verdict::Translated)
-    }
+    Ok(forward::finish(ctx, ip, plan))
 }
 
 /// The addresses a packet gets: the association of its new source, of its

@@ -13,7 +13,10 @@ use std::{
 use std::future::IntoFuture;
 
 use anyhow::{bail, Context, Result};
-use eip_nat_common::{maps::FLAG_FAST_PATH, Config};
+use eip_nat_common::{
+    maps::{IcmpConfig, FLAG_FAST_PATH},
+    Config,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     net::{TcpListener, UnixListener},
@@ -29,6 +32,11 @@ use crate::{
     store::Store,
     sysctl,
 };
+
+/// The datapath's own ICMP errors, per CPU: the kernel's defaults for its
+/// own (net.ipv4.icmp_msgs_per_sec, icmp_msgs_burst).
+const ICMP_ERRORS_PER_SEC: u64 = 1000;
+const ICMP_ERRORS_BURST: u64 = 50;
 
 /// `statfs(2)` magic of bpffs (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -193,6 +201,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
         reserved: 0,
         generation: previous.generation,
+    })?;
+    // The gateway's own ICMP errors (time exceeded, fragmentation needed)
+    // are built by the datapath from the untranslated packet, from the
+    // gateway's address on the side they go back to.
+    let source = |ifindex: u32, name: &str| -> Result<[u8; 4]> {
+        match routes::interface_address(ifindex)? {
+            Some(a) => Ok(a.octets()),
+            None => {
+                log::warn!("{name} has no IPv4 address: its ICMP errors are left to the kernel");
+                Ok([0; 4])
+            }
+        }
+    };
+    datapath.set_icmp_config(IcmpConfig {
+        public_addr: source(public, &cfg.public_if)?,
+        private_addr: source(private, &cfg.private_if)?,
+        interval_ns: 1_000_000_000 / ICMP_ERRORS_PER_SEC,
+        burst_ns: 1_000_000_000 / ICMP_ERRORS_PER_SEC * ICMP_ERRORS_BURST,
     })?;
     // The fast path forwards between the two interfaces only; anything
     // routed elsewhere falls back to the kernel.

@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
-    maps::{self as names, verdict_index, Ipv4Key, NextHop},
+    maps::{self as names, verdict_index, IcmpConfig, Ipv4Key, NextHop},
     AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
@@ -141,6 +141,7 @@ pub struct Datapath {
     eip_counters: PerCpuArray<MapData, EipCounters>,
     nexthops: Array<MapData, NextHop>,
     routes: LpmTrie<MapData, Ipv4Key, u32>,
+    icmp: Array<MapData, IcmpConfig>,
 }
 
 /// Takes map `name` out of the object, typed.
@@ -211,6 +212,7 @@ impl Datapath {
             eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
             nexthops: take(&mut ebpf, names::NEXTHOPS)?,
             routes: take(&mut ebpf, names::ROUTES)?,
+            icmp: take(&mut ebpf, names::ICMP_CONFIG)?,
             ebpf,
         })
     }
@@ -247,6 +249,13 @@ impl Datapath {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DatapathError::TxPort(ifindex, e))
+    }
+
+    /// Where the datapath's own ICMP errors come from, and how many.
+    pub fn set_icmp_config(&mut self, cfg: IcmpConfig) -> Result<(), DatapathError> {
+        self.icmp
+            .set(0, cfg, 0)
+            .map_err(map_err(names::ICMP_CONFIG))
     }
 
     /// The interfaces the fast path may redirect to.

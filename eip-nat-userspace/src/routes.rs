@@ -86,6 +86,25 @@ pub(crate) fn ipv4(a: &RouteAddress) -> Option<Ipv4Addr> {
     }
 }
 
+/// The first IPv4 address of interface `ifindex`: where the gateway's own
+/// ICMP errors out of that interface come from.
+pub fn interface_address(ifindex: u32) -> io::Result<Option<Ipv4Addr>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    let replies = Netlink::open()?.dump(RouteNetlinkMessage::GetAddress(m))?;
+    Ok(replies.into_iter().find_map(|r| match r {
+        RouteNetlinkMessage::NewAddress(a) if a.header.index == ifindex => {
+            a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(std::net::IpAddr::V4(v))
+                | AddressAttribute::Address(std::net::IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            })
+        }
+        _ => None,
+    }))
+}
+
 /// The route the kernel's FIB holds for `addr` (RTM_F_FIB_MATCH: the table
 /// entry itself, not the result of a lookup), if any.
 pub(crate) fn fib_match(netlink: &mut Netlink, addr: Ipv4Addr) -> io::Result<Option<RouteMessage>> {

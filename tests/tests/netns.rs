@@ -611,20 +611,36 @@ fn set_df(sock: &UdpSocket, df: bool) {
     setsockopt(sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &v).expect("IP_MTU_DISCOVER");
 }
 
-/// ICMP errors captured on `c`: (type, code, the 4 bytes after the checksum).
-fn icmp_errors(c: &Capture) -> Vec<(u8, u8, [u8; 4])> {
+/// An ICMP error the gateway sent, as captured: (from, type, code, the 4
+/// bytes after the checksum, the quoted packet's source and destination).
+type OwnError = (Ipv4Addr, u8, u8, [u8; 4], Ipv4Addr, Ipv4Addr);
+
+fn own_errors(c: &Capture) -> Vec<OwnError> {
+    let quoted = |l4: &[u8], at: usize| Ipv4Addr::new(l4[at], l4[at + 1], l4[at + 2], l4[at + 3]);
     collect(c)
         .into_iter()
-        .filter(|p| p.proto == ICMP && p.l4.len() >= 8 && p.l4[0] != 0 && p.l4[0] != 8)
-        .map(|p| (p.l4[0], p.l4[1], [p.l4[4], p.l4[5], p.l4[6], p.l4[7]]))
+        .filter(|p| p.proto == ICMP && p.l4.len() >= 8 + 28 && matches!(p.l4[0], 3 | 11))
+        .map(|p| {
+            let rest = [p.l4[4], p.l4[5], p.l4[6], p.l4[7]];
+            (
+                p.src,
+                p.l4[0],
+                p.l4[1],
+                rest,
+                quoted(&p.l4, 8 + 12),
+                quoted(&p.l4, 8 + 16),
+            )
+        })
         .collect()
 }
 
-/// Larger than the egress MTU: with DF the kernel answers "fragmentation
-/// needed" with the MTU (RFC 1191); without DF it fragments and the instance
-/// reassembles the whole datagram.
+/// Larger than the egress MTU: with DF the datapath answers
+/// "fragmentation needed" with the MTU (RFC 1191), from the gateway,
+/// quoting the datagram as the sender sent it (to the EIP), so the sender's
+/// kernel takes the MTU for its path; without DF the kernel fragments it
+/// and the instance reassembles the whole datagram.
 #[test]
-fn oversized_packets_get_what_the_kernel_would_do() {
+fn oversized_packets_get_what_a_router_would_do() {
     let s = setup();
     let t = &s.t;
     ns_sh(
@@ -651,16 +667,26 @@ fn oversized_packets_get_what_the_kernel_would_do() {
         server.recv_from(&mut buf).is_err(),
         "a DF datagram over the MTU must not arrive"
     );
-    let errors = icmp_errors(&at_internet);
     assert_eq!(
-        errors,
-        vec![(3, 4, [0, 0, 0x05, 0x00])],
-        "fragmentation needed, next-hop MTU 1280"
+        own_errors(&at_internet),
+        vec![(
+            t.gw_public.addr,
+            3,
+            4,
+            [0, 0, 0x05, 0x00],
+            t.internet.addr,
+            t.eip
+        )],
+        "fragmentation needed, next-hop MTU 1280, quoting what was sent"
     );
     let after = s.agent.stats();
     assert_eq!(
-        verdict_delta(&before, &after, "inbound", "translated_pass_frag_needed"),
+        verdict_delta(&before, &after, "inbound", "icmp_frag_needed_sent"),
         1
+    );
+    assert!(
+        route_to(&t.internet.ns, t.eip).contains("mtu 1280"),
+        "the sender's kernel matched the error and took the MTU"
     );
 
     set_df(&client, false);
@@ -674,28 +700,168 @@ fn oversized_packets_get_what_the_kernel_would_do() {
     );
 }
 
-/// TTL 1 cannot be forwarded: the kernel sends ICMP time exceeded.
+/// `ip route get` in `ns`: the route and what the kernel learnt for it.
+fn route_to(ns: &str, addr: Ipv4Addr) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "route", "get", &addr.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// TTL 1 cannot be forwarded: the datapath sends ICMP time exceeded from
+/// the gateway's address on the sender's side, quoting the packet as it was
+/// sent, both ways; the sender's UDP socket (IP_RECVERR) gets the error,
+/// which its kernel delivers only when the quote matches the socket.
 #[test]
-fn expiring_ttl_gets_time_exceeded() {
+fn expiring_ttl_gets_time_exceeded_both_ways() {
+    let s = setup();
+    let t = &s.t;
+    let cases = [
+        (&t.internet, t.eip, t.gw_public.addr, "inbound"),
+        (&t.instance, t.internet.addr, t.gw_private.addr, "outbound"),
+    ];
+    for (sender, to, gateway, dir) in cases {
+        let client = udp_socket(&sender.ns, sa(sender.addr, 0));
+        client.set_ttl(1).unwrap();
+        let on: libc::c_int = 1;
+        setsockopt(&client, libc::IPPROTO_IP, libc::IP_RECVERR, &on).expect("IP_RECVERR");
+        client.connect(sa(to, 7000)).unwrap();
+        let capture = Capture::start(&sender.ns, &sender.ifname);
+        let before = s.agent.stats();
+        client.send(b"short-lived").unwrap();
+        let err = client
+            .recv(&mut [0u8; 64])
+            .expect_err("the error reaches the sending socket");
+        assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{dir}: {err}");
+        assert_eq!(
+            own_errors(&capture),
+            vec![(gateway, 11, 0, [0; 4], sender.addr, to)],
+            "{dir}: time exceeded in transit, quoting what was sent"
+        );
+        let after = s.agent.stats();
+        assert_eq!(
+            verdict_delta(&before, &after, dir, "icmp_time_exceeded_sent"),
+            1,
+            "{dir}"
+        );
+    }
+}
+
+/// The datapath's own errors are rate-limited as the kernel's are (1,000
+/// per second per CPU, bursts of 50): a flood of expiring packets gets a
+/// burst of answers, and the rest are dropped under their own verdict.
+#[test]
+fn own_icmp_errors_are_rate_limited() {
     let s = setup();
     let t = &s.t;
     let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
     client.set_ttl(1).unwrap();
-    let at_internet = Capture::start(&t.internet.ns, &t.internet.ifname);
+    let n = 400;
     let before = s.agent.stats();
-    client.send_to(b"short-lived", sa(t.eip, 7000)).unwrap();
-    let errors = icmp_errors(&at_internet);
-    assert_eq!(errors.len(), 1);
-    assert_eq!(
-        (errors[0].0, errors[0].1),
-        (11, 0),
-        "time exceeded in transit"
-    );
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        client.send_to(b"flood", sa(t.eip, 7000)).unwrap();
+    }
+    let ms = start.elapsed().as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(100));
     let after = s.agent.stats();
-    assert_eq!(
-        verdict_delta(&before, &after, "inbound", "translated_pass_ttl_exceeded"),
-        1
+    let sent = verdict_delta(&before, &after, "inbound", "icmp_time_exceeded_sent");
+    let limited = verdict_delta(&before, &after, "inbound", "drop_icmp_rate_limited");
+    assert_eq!(sent + limited, n, "each packet counted once");
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!(
+        sent <= (50 + ms + 1) * cpus,
+        "{sent} errors in {ms} ms is over the limit"
     );
+    assert!(sent >= 1 && limited >= 1, "sent {sent}, limited {limited}");
+}
+
+/// Path MTU discovery across a gateway whose next hop has the smaller MTU
+/// (an overlay on the private side, a tunnel upstream): a real TCP
+/// transfer must complete in each direction, the sender learning the path
+/// MTU from the datapath's "fragmentation needed". Left to the kernel, the
+/// error would quote the translated packet (inbound: the sender cannot
+/// match it) or be addressed to the EIP (outbound: lost), and the transfer
+/// would stall.
+#[test]
+fn path_mtu_discovery_with_the_smaller_mtu_at_the_gateway_both_ways() {
+    let s = setup();
+    let t = &s.t;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    // Inbound data: the gateway's route to the instance has the small MTU.
+    ns_sh(
+        &t.gw_private.ns,
+        &[
+            "ip",
+            "route",
+            "replace",
+            &format!("{}/32", t.instance.addr),
+            "dev",
+            &t.gw_private.ifname,
+            "mtu",
+            "1280",
+        ],
+    );
+    // Outbound data: and so has its route to the internet host.
+    ns_sh(
+        &t.gw_public.ns,
+        &[
+            "ip",
+            "route",
+            "replace",
+            &format!("{}/32", t.internet.addr),
+            "dev",
+            &t.gw_public.ifname,
+            "mtu",
+            "1280",
+        ],
+    );
+    let transfers = [
+        (&t.internet, &t.instance, t.eip, "inbound"),
+        (&t.instance, &t.internet, t.internet.addr, "outbound"),
+    ];
+    for (sender, receiver, to, dir) in transfers {
+        // What the other transfer taught either end (a path MTU, and the
+        // MSS advertised from it) must not spare this one the discovery.
+        for ns in [&sender.ns, &receiver.ns] {
+            ns_sh(ns, &["ip", "route", "flush", "cache"]);
+        }
+        let before = s.agent.stats();
+        let listener = in_netns(&receiver.ns, || TcpListener::bind("0.0.0.0:9100").unwrap());
+        std::thread::scope(|scope| {
+            let got = scope.spawn(|| {
+                let (mut conn, _) = accept_within(&listener, TIMEOUT);
+                conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut got = vec![0u8; data.len()];
+                conn.read_exact(&mut got)
+                    .unwrap_or_else(|e| panic!("{dir}: the whole transfer arrives: {e}"));
+                got == data
+            });
+            let mut c = in_netns(&sender.ns, || {
+                TcpStream::connect_timeout(&SocketAddr::V4(sa(to, 9100)), TIMEOUT).expect("connect")
+            });
+            c.set_write_timeout(Some(TIMEOUT)).unwrap();
+            c.write_all(&data).unwrap();
+            assert!(got.join().unwrap(), "{dir}: intact");
+        });
+        let after = s.agent.stats();
+        assert!(
+            verdict_delta(&before, &after, dir, "icmp_frag_needed_sent") >= 1,
+            "{dir}: the gateway told the sender: {:?}",
+            after
+                .verdicts
+                .iter()
+                .zip(&before.verdicts)
+                .filter(|(a, b)| a.packets != b.packets)
+                .map(|(a, b)| (&a.direction, &a.verdict, a.packets - b.packets))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            route_to(&sender.ns, to).contains("mtu 1280"),
+            "{dir}: the sender learnt the path MTU"
+        );
+    }
 }
 
 // ---- Hairpin and anti-spoofing with real traffic ----

@@ -217,9 +217,9 @@ impl NextHops {
             (true, _) => Some(None),
             (false, Some(r)) => Some(
                 KernelView::key_via(r, Ipv4Addr::from(p.1))
-                    // A connected route's neighbour is each destination itself:
-                    // one slot cannot stand for it.
-                    .filter(|_| r.gateway.is_some()),
+                    // A connected route's neighbour is each destination
+                    // itself: one slot stands for it only for a /32.
+                    .filter(|_| r.gateway.is_some() || p.0 == 32),
             ),
             (false, None) => None,
         };
