@@ -1,0 +1,220 @@
+//! Throughput: every peer on a rig of its own, all set up at once and
+//! measured in interleaved rounds, so that a slow spell of this shared
+//! machine hits every peer alike and each rate is compared with the
+//! others of the same run.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use eip_nat::rig::{Generator, Sink, Traffic};
+use integration_tests::netns::{ifindex, in_netns};
+use serde::Serialize;
+
+use crate::{
+    peers::{start_peer, Gateway, Peer},
+    placement::{pin_self, Cost, OwnCpu, Placement, GENERATOR_CPU},
+    tables::mpps,
+    topology::{rig, Rig},
+    EIPS,
+};
+
+/// 1 flow, and 256 EIPs × 256 source ports.
+pub const FLOWS: [u32; 2] = [1, 65_536];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub placement: Placement,
+    pub peer: Peer,
+    /// Associations (mappings) loaded in the gateway.
+    pub associations: u32,
+    pub flows: u32,
+    /// Packets per second delivered to the sink, one per repetition.
+    pub pps: Vec<f64>,
+    /// Packets per second the generator offered, per repetition.
+    pub offered_pps: Vec<f64>,
+    /// With the gateway on its own CPU: CPU time per delivered frame, per
+    /// repetition.
+    pub cost: Vec<Cost>,
+    pub bad: u64,
+}
+
+pub struct Plan {
+    pub repetitions: usize,
+    pub seconds: f64,
+    /// In [`Placement::ALL`]'s order: a rig, once its gateway has a CPU of
+    /// its own, keeps it.
+    pub placements: Vec<Placement>,
+    pub peers: Vec<Peer>,
+    /// The larger number of associations loaded (the smaller is [`EIPS`]).
+    pub many: u32,
+}
+
+fn runs_in(peer: Peer, placement: Placement) -> bool {
+    placement == Placement::OneCore || peer.on_own_cpu()
+}
+
+pub fn run(plan: &Plan) -> Vec<Measurement> {
+    let mut out = Vec::new();
+    for associations in [EIPS, plan.many] {
+        let mut setups: Vec<Setup> = plan
+            .peers
+            .iter()
+            .filter(|p| associations == EIPS || p.with_many_associations())
+            .filter(|p| plan.placements.iter().any(|&pl| runs_in(**p, pl)))
+            .map(|&p| Setup::new(p, associations))
+            .collect();
+        for &placement in &plan.placements {
+            let runs = |s: &&mut Setup| runs_in(s.peer, placement);
+            for s in setups.iter_mut().filter(runs) {
+                s.place(placement);
+            }
+            let active: Vec<&Setup> = setups
+                .iter()
+                .filter(|s| runs_in(s.peer, placement))
+                .collect();
+            out.extend(rounds(&active, placement, plan));
+        }
+    }
+    out
+}
+
+/// Repetitions of every (peer, flows) cell, interleaved.
+fn rounds(setups: &[&Setup], placement: Placement, plan: &Plan) -> Vec<Measurement> {
+    let mut cells: Vec<(&Setup, Measurement)> = setups
+        .iter()
+        .flat_map(|s| {
+            FLOWS.map(|flows| {
+                let m = Measurement {
+                    placement,
+                    peer: s.peer,
+                    associations: s.associations,
+                    flows,
+                    pps: vec![],
+                    offered_pps: vec![],
+                    cost: vec![],
+                    bad: 0,
+                };
+                (*s, m)
+            })
+        })
+        .collect();
+    for rep in 1..=plan.repetitions {
+        for (s, m) in cells.iter_mut() {
+            s.repetition(m, plan.seconds);
+            eprintln!(
+                "  {} {}/{}: {}, {} associations, {} flow(s): {} Mpps (offered {}, bad {})",
+                placement.key(),
+                rep,
+                plan.repetitions,
+                s.peer.key(),
+                s.associations,
+                m.flows,
+                mpps(*m.pps.last().unwrap()),
+                mpps(*m.offered_pps.last().unwrap()),
+                m.bad
+            );
+        }
+    }
+    cells.into_iter().map(|(_, m)| m).collect()
+}
+
+/// One peer, started on a rig of its own, with the sink attached.
+struct Setup {
+    peer: Peer,
+    associations: u32,
+    own_cpu: Option<OwnCpu>,
+    sink: Sink,
+    _gateway: Gateway,
+    /// Last: its namespaces go after everything in them.
+    rig: Rig,
+}
+
+impl Setup {
+    fn new(peer: Peer, associations: u32) -> Self {
+        eprintln!(
+            "setting up {} with {associations} associations…",
+            peer.label()
+        );
+        let rig = rig(peer == Peer::Direct);
+        let gateway = start_peer(peer, &rig, associations);
+        let (prefix, len) = peer.sink_expects();
+        let sink =
+            in_netns(&rig.sink.ns, || Sink::attach(&rig.sink.ifname, prefix, len)).expect("sink");
+        Self {
+            peer,
+            associations,
+            own_cpu: None,
+            sink,
+            _gateway: gateway,
+            rig,
+        }
+    }
+
+    fn place(&mut self, placement: Placement) {
+        match placement {
+            Placement::OneCore => assert!(self.own_cpu.is_none(), "placements out of order"),
+            Placement::OwnCpu => {
+                if self.own_cpu.is_none() {
+                    self.own_cpu = Some(OwnCpu::place(&self.rig));
+                }
+            }
+        }
+    }
+
+    fn traffic(&self, flows: u32) -> Traffic {
+        Traffic {
+            src_mac: self.rig.gen.mac,
+            dst_mac: self.rig.gw_public.mac,
+            src: self.rig.gen.addr.octets(),
+            dst_base: self.peer.dst_base(),
+            sport_base: 1024,
+            dport: 9,
+            flows,
+            frame_len: 60,
+        }
+    }
+
+    /// Generates for half a second of warm-up, then counts what reaches
+    /// the sink over `secs`.
+    fn repetition(&self, m: &mut Measurement, secs: f64) {
+        let traffic = self.traffic(m.flows);
+        let gen = &self.rig.gen;
+        let gen_if = ifindex(&gen.ns, &gen.ifname);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let generator = scope.spawn(|| {
+                in_netns(&gen.ns, || {
+                    pin_self(GENERATOR_CPU);
+                    let mut g = Generator::new(gen_if, &traffic).expect("generator");
+                    let (mut frames, start) = (0u64, Instant::now());
+                    while !stop.load(Ordering::Relaxed)
+                        && start.elapsed() < Duration::from_secs_f64(secs + 5.0)
+                    {
+                        g.send(100_000).expect("live frames");
+                        frames += 100_000;
+                    }
+                    (frames, start.elapsed())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
+            let c0 = self.sink.counters().unwrap();
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let c1 = self.sink.counters().unwrap();
+            let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
+            let dt = t0.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let (frames, gen_time) = generator.join().unwrap();
+            let good = c1.good - c0.good;
+            m.pps.push(good as f64 / dt);
+            m.bad += c1.bad - c0.bad;
+            m.offered_pps.push(frames as f64 / gen_time.as_secs_f64());
+            if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
+                m.cost.push(own.cost(a, b, good));
+            }
+        });
+    }
+}
