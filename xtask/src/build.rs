@@ -55,7 +55,7 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
-pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result<()> {
     let mut c = Command::new("cargo");
     c.args([
         "run",
@@ -74,6 +74,9 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     }
     if let Some(part) = only {
         c.arg(format!("--only={part}"));
+    }
+    if let Some(p) = placement {
+        c.arg(format!("--placement={p}"));
     }
     cmd::run(&mut c)
 }

@@ -46,6 +46,10 @@ enum Command {
         /// Only one part: throughput, micro or control.
         #[arg(long)]
         only: Option<String>,
+        /// Throughput with the gateway in one placement only: one-core
+        /// (everything on CPU 0) or own-cpu (the gateway on CPU 1).
+        #[arg(long)]
+        placement: Option<String>,
     },
 }
 
@@ -71,10 +75,14 @@ fn main() -> Result<()> {
             build::all()?;
             test::fuzz(packets, seed)
         }
-        Command::Bench { quick, only } => {
+        Command::Bench {
+            quick,
+            only,
+            placement,
+        } => {
             bootstrap::run()?;
             build::all()?;
-            build::bench(quick, only.as_deref())
+            build::bench(quick, only.as_deref(), placement.as_deref())
         }
     }
 }
