@@ -13,6 +13,22 @@ pub const TX_PORTS: &str = "TX_PORTS";
 /// one lookup: the destination (translate) and the source (translate, or
 /// refuse as spoofed), in both directions.
 pub const ADDRESSES: &str = "ADDRESSES";
+/// `Array<u64>` of [`FILTER_WORDS`] words: one bit per /16, set when the
+/// /16 may hold an address of `ADDRESSES`. Most addresses a packet carries
+/// (the Internet's) are in no such /16: the program skips their hash
+/// lookup for an array read and a bit test. A set bit only costs the
+/// lookup, so the agent sets bits before it inserts entries and clears
+/// them only when it rebuilds the filter whole.
+pub const ADDRESS_FILTER: &str = "ADDRESS_FILTER";
+/// 65,536 /16s, 64 to a word.
+pub const FILTER_WORDS: u32 = 1024;
+
+/// Word and bit of `addr`'s /16 in [`ADDRESS_FILTER`].
+pub const fn filter_bit(addr: Ipv4Key) -> (u32, u64) {
+    let slash16 = (addr[0] as u32) << 8 | addr[1] as u32;
+    (slash16 >> 6, 1 << (slash16 & 63))
+}
+
 /// `PerCpuArray<VerdictCounter>` indexed by [`verdict_index`].
 pub const VERDICT_COUNTERS: &str = "VERDICT_COUNTERS";
 /// `PerCpuArray<EipCounters>` indexed by an association's slot.

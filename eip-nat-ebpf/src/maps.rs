@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
-use eip_nat_common::maps::{IcmpBucket, IcmpConfig};
+use eip_nat_common::maps::{filter_bit, IcmpBucket, IcmpConfig, FILTER_WORDS};
 use eip_nat_common::{
     maps::{
         Ipv4Key, NextHop, DEFAULT_MAX_ASSOCIATIONS, EXTRA_NEXTHOPS, EXTRA_ROUTES, MAX_TX_PORTS,
@@ -32,6 +32,16 @@ pub static VERDICT_COUNTERS: PerCpuArray<VerdictCounter> =
 #[map(name = "EIP_COUNTERS")]
 pub static EIP_COUNTERS: PerCpuArray<EipCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+#[map(name = "ADDRESS_FILTER")]
+pub static ADDRESS_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+
+/// False when no address of ours is in `addr`'s /16: no need to look.
+#[inline(always)]
+pub fn may_be_ours(addr: Ipv4Key) -> bool {
+    let (word, bit) = filter_bit(addr);
+    ADDRESS_FILTER.get(word).is_none_or(|w| w & bit != 0)
+}
 
 #[map(name = "ICMP_CONFIG")]
 pub static ICMP_CONFIG: Array<IcmpConfig> = Array::with_max_entries(1, 0);

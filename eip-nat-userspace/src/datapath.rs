@@ -91,7 +91,8 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 
 /// The maps the agent pins, so that they (and the tables and counters in
 /// them) outlive it.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
+    names::ADDRESS_FILTER,
     names::CONFIG,
     names::TX_PORTS,
     names::ADDRESSES,
@@ -142,6 +143,9 @@ pub struct Datapath {
     nexthops: Array<MapData, NextHop>,
     routes: LpmTrie<MapData, Ipv4Key, u32>,
     icmp: Array<MapData, IcmpConfig>,
+    filter: Array<MapData, u64>,
+    /// What `filter` holds, so that a bit already set costs no write.
+    filter_words: Vec<u64>,
 }
 
 /// Takes map `name` out of the object, typed.
@@ -213,6 +217,8 @@ impl Datapath {
             nexthops: take(&mut ebpf, names::NEXTHOPS)?,
             routes: take(&mut ebpf, names::ROUTES)?,
             icmp: take(&mut ebpf, names::ICMP_CONFIG)?,
+            filter_words: Vec::new(),
+            filter: take(&mut ebpf, names::ADDRESS_FILTER)?,
             ebpf,
         })
     }
@@ -417,13 +423,62 @@ impl Datapath {
         entry: Option<AddrEntry>,
     ) -> Result<(), DatapathError> {
         let r = match entry {
-            Some(e) => self.addresses.insert(key(addr), e, 0),
+            Some(e) => {
+                // The filter first: the program must never skip the
+                // lookup of an address that has an entry.
+                self.let_through(addr)?;
+                self.addresses.insert(key(addr), e, 0)
+            }
             None => match self.addresses.remove(&key(addr)) {
                 Err(MapError::KeyNotFound) => Ok(()),
                 r => r,
             },
         };
         r.map_err(map_err(names::ADDRESSES))
+    }
+
+    /// Sets `addr`'s /16 in `ADDRESS_FILTER`.
+    fn let_through(&mut self, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        if self.filter_words.is_empty() {
+            // A pinned filter keeps the bits the last agent set.
+            self.filter_words = self
+                .filter
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(names::ADDRESS_FILTER))?;
+        }
+        let (word, bit) = names::filter_bit(addr.octets());
+        let w = &mut self.filter_words[word as usize];
+        if *w & bit == 0 {
+            *w |= bit;
+            let v = *w;
+            self.filter
+                .set(word, v, 0)
+                .map_err(map_err(names::ADDRESS_FILTER))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `ADDRESS_FILTER` for exactly `addrs` (the entries now in
+    /// `ADDRESSES`), clearing the bits of /16s nothing is left in.
+    pub fn rebuild_filter(
+        &mut self,
+        addrs: impl Iterator<Item = Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        let mut words = vec![0u64; names::FILTER_WORDS as usize];
+        for a in addrs {
+            let (word, bit) = names::filter_bit(a.octets());
+            words[word as usize] |= bit;
+        }
+        for (i, w) in words.iter().enumerate() {
+            if self.filter_words.get(i) != Some(w) {
+                self.filter
+                    .set(i as u32, *w, 0)
+                    .map_err(map_err(names::ADDRESS_FILTER))?;
+            }
+        }
+        self.filter_words = words;
+        Ok(())
     }
 
     /// Zeroes the counters in `slot`, for a new association.

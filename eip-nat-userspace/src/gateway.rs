@@ -228,6 +228,7 @@ impl Gateway {
         if let Some(nh) = &mut self.nexthops {
             nh.settle(&mut self.datapath)?;
         }
+        self.datapath.rebuild_filter(desired.keys().copied())?;
         self.mark_applied(self.generation)?;
         Ok(r)
     }
