@@ -35,7 +35,7 @@ struct Cli {
 
 #[derive(Args, Default)]
 struct AgentArgs {
-    /// TOML configuration file (see the README); flags override its keys.
+    /// TOML configuration file (see docs/operating.md); flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Interface towards the Internet: EIP → private IP on its ingress.

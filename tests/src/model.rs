@@ -1,5 +1,5 @@
 //! A reference model of the datapath's translation, written from the
-//! behaviour the README specifies and sharing only the types (verdicts,
+//! behaviour docs/behaviour.md specifies and sharing only the types (verdicts,
 //! address entries) with the kernel program: none of its code, not even the
 //! checksum helpers. Differential tests feed the same packets to both.
 //!

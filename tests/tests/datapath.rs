@@ -399,7 +399,7 @@ fn untranslatable_packets_pass_untouched() {
     arp.extend(EIP.octets());
     h.untouched("arp", Direction::Inbound, &arp, Verdict::NotIpv4);
     // 802.1Q-tagged IPv4 to the EIP: passed untouched, by decision (the
-    // README's "VLAN" note), not translated behind the tag.
+    // "VLAN" note in docs/behaviour.md), not translated behind the tag.
     let mut tagged = ethernet(MAC_B, MAC_A, 0x8100);
     tagged.extend([0x00, 0x64, 0x08, 0x00]);
     tagged.extend(&udp(INTERNET, 1, EIP, 2, b"tagged", true).frame()[14..]);
