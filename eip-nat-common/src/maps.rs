@@ -92,6 +92,12 @@ pub const fn verdict_index(direction: Direction, verdict: crate::Verdict) -> u32
 /// Number of entries of [`VERDICT_COUNTERS`].
 pub const VERDICT_COUNTERS_LEN: u32 = Direction::COUNT as u32 * VERDICT_SLOTS;
 
+/// `DevMap` of [`MAX_TX_PORTS`] slots: the same interfaces as [`TX_PORTS`],
+/// by a small slot number instead of their ifindex. A programmed next hop
+/// names its slot, so its redirect is an array index, not the hash lookup
+/// a `DevMapHash` costs per packet.
+pub const TX_SLOTS: &str = "TX_SLOTS";
+
 /// `Array<IcmpConfig>`, one entry: the addresses the datapath's own ICMP
 /// errors come from, and their rate limit. Not pinned: the agent sets it
 /// each time it loads the program.
@@ -146,7 +152,8 @@ pub struct NextHop {
     /// Largest IPv4 datagram the egress takes (link MTU, or the route's
     /// `mtu` metric when smaller).
     pub mtu: u16,
-    /// `NEXTHOP_*` bits.
+    /// `NEXTHOP_*` bits; the high byte is the egress's slot in
+    /// [`TX_SLOTS`].
     pub flags: u16,
     /// Destination MAC (the neighbour's) and source MAC (the egress's).
     pub dmac: [u8; 6],
@@ -160,6 +167,15 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
 impl NextHop {
     pub const fn is_valid(&self) -> bool {
         self.flags & NEXTHOP_VALID != 0
+    }
+
+    /// The egress's slot in [`TX_SLOTS`], kept in the flags' high byte.
+    pub const fn slot(&self) -> u32 {
+        (self.flags >> 8) as u32
+    }
+
+    pub const fn flags_for(valid: bool, slot: u8) -> u16 {
+        (slot as u16) << 8 | if valid { NEXTHOP_VALID } else { 0 }
     }
 }
 

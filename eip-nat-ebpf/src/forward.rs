@@ -17,7 +17,7 @@ use eip_nat_common::{csum, maps::NextHop, Verdict};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::{NEXTHOPS, TX_PORTS},
+    maps::{NEXTHOPS, TX_PORTS, TX_SLOTS},
     packet::{copy_bytes, ptr_at, zero_in_place},
 };
 
@@ -46,6 +46,9 @@ pub struct Plan {
     /// the fallback when the error cannot be sent.
     pub verdict: Verdict,
     pub ifindex: u32,
+    /// The egress's `TX_SLOTS` slot for a programmed hop; -1 after a FIB
+    /// lookup, which redirects through `TX_PORTS` by ifindex.
+    pub slot: i32,
     pub mtu: u16,
     pub dmac: *const [u8; 6],
     pub smac: *const [u8; 6],
@@ -63,6 +66,7 @@ impl Plan {
             fate,
             verdict,
             ifindex: 0,
+            slot: -1,
             mtu,
             dmac: core::ptr::null(),
             smac: core::ptr::null(),
@@ -70,11 +74,12 @@ impl Plan {
     }
 
     #[inline(always)]
-    fn hop(ifindex: u32, dmac: &[u8; 6], smac: &[u8; 6], verdict: Verdict) -> Self {
+    fn hop(ifindex: u32, slot: i32, dmac: &[u8; 6], smac: &[u8; 6], verdict: Verdict) -> Self {
         Plan {
             fate: Fate::Hop,
             verdict,
             ifindex,
+            slot,
             mtu: 0,
             dmac,
             smac,
@@ -124,7 +129,13 @@ pub fn plan(
             return too_big(df, hop.mtu);
         }
         // The agent programs next hops only on interfaces in TX_PORTS.
-        return Plan::hop(hop.ifindex, &hop.dmac, &hop.smac, Verdict::Redirected);
+        return Plan::hop(
+            hop.ifindex,
+            hop.slot() as i32,
+            &hop.dmac,
+            &hop.smac,
+            Verdict::Redirected,
+        );
     }
     let fib = zero_in_place(fib);
     fib.family = AF_INET;
@@ -155,7 +166,13 @@ pub fn plan(
     if TX_PORTS.get(fib.ifindex).is_none() {
         return Plan::pass(Verdict::FallbackNoTxPort);
     }
-    Plan::hop(fib.ifindex, &fib.dmac, &fib.smac, Verdict::RedirectedFib)
+    Plan::hop(
+        fib.ifindex,
+        -1,
+        &fib.dmac,
+        &fib.smac,
+        Verdict::RedirectedFib,
+    )
 }
 
 /// Over the egress MTU: with DF the sender is told; without, the kernel
@@ -190,16 +207,17 @@ pub fn finish(ctx: &XdpContext, ip: &mut Ipv4Hdr, plan: Plan) -> Verdict {
     // SAFETY: a Hop's MACs point into the map value or the FIB parameters,
     // both alive for the caller's whole run.
     let (dmac, smac) = unsafe { (&*plan.dmac, &*plan.smac) };
-    emit(ctx, ip, plan.ifindex, dmac, smac, plan.verdict)
+    emit(ctx, ip, (plan.ifindex, plan.slot), dmac, smac, plan.verdict)
 }
 
 /// A router's work: TTL − 1 with the header checksum patched, new MACs,
-/// and `XDP_REDIRECT` through `TX_PORTS`.
+/// and `XDP_REDIRECT` through the egress's slot in `TX_SLOTS` (programmed)
+/// or `TX_PORTS` (after a FIB lookup, which names an ifindex).
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
     ip: &mut Ipv4Hdr,
-    ifindex: u32,
+    (ifindex, slot): (u32, i32),
     dmac: &[u8; 6],
     smac: &[u8; 6],
     verdict: Verdict,
@@ -215,7 +233,12 @@ fn emit(
         copy_bytes(&mut (*eth).dst_addr, dmac);
         copy_bytes(&mut (*eth).src_addr, smac);
     }
-    match TX_PORTS.redirect(ifindex, 0) {
+    let sent = if slot >= 0 {
+        TX_SLOTS.redirect(slot as u32, 0)
+    } else {
+        TX_PORTS.redirect(ifindex, 0)
+    };
+    match sent {
         Ok(_) => verdict,
         // Unreachable while the agent keeps the port, unless it removed it
         // in between; the packet then goes up already forwarded.

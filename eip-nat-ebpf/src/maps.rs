@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, DevMap, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 use eip_nat_common::maps::{filter_bit, IcmpBucket, IcmpConfig, FILTER_WORDS};
@@ -19,6 +19,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map(name = "TX_SLOTS")]
+pub static TX_SLOTS: DevMap = DevMap::with_max_entries(MAX_TX_PORTS, 0);
 
 // Sizes below are defaults; the agent resizes the association maps at load.
 #[map(name = "ADDRESSES")]

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, DevMap, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -47,6 +47,8 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("no free TX_SLOTS slot for ifindex {0}")]
+    NoTxSlot(u32),
     #[error("adding ifindex {0} to the fast path's TX_PORTS")]
     TxPort(u32, #[source] aya::maps::xdp::XdpMapError),
     #[error("pinned link {path}: {why}")]
@@ -91,7 +93,8 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 
 /// The maps the agent pins, so that they (and the tables and counters in
 /// them) outlive it.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
+    names::TX_SLOTS,
     names::ADDRESS_FILTER,
     names::CONFIG,
     names::TX_PORTS,
@@ -137,6 +140,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     tx_ports: DevMapHash<MapData>,
+    tx_slots: DevMap<MapData>,
     addresses: HashMap<MapData, Ipv4Key, AddrEntry>,
     verdicts: PerCpuArray<MapData, VerdictCounter>,
     eip_counters: PerCpuArray<MapData, EipCounters>,
@@ -211,6 +215,7 @@ impl Datapath {
         Ok(Self {
             config: take(&mut ebpf, names::CONFIG)?,
             tx_ports: take(&mut ebpf, names::TX_PORTS)?,
+            tx_slots: take(&mut ebpf, names::TX_SLOTS)?,
             addresses: take(&mut ebpf, names::ADDRESSES)?,
             verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
             eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
@@ -241,20 +246,40 @@ impl Datapath {
         self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
     }
 
-    /// Lets the fast path redirect to `ifindex`.
+    /// Lets the fast path redirect to `ifindex`, by ifindex (`TX_PORTS`)
+    /// and by slot (`TX_SLOTS`).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         // Already there (a pinned map from the previous agent): leave the
-        // entry the running program redirects through alone.
-        if self
+        // entries the running program redirects through alone.
+        if !self
             .tx_ports
             .get(ifindex, 0)
             .is_ok_and(|v| v.if_index == ifindex)
         {
-            return Ok(());
+            self.tx_ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| DatapathError::TxPort(ifindex, e))?;
         }
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DatapathError::TxPort(ifindex, e))
+        if self.tx_slot(ifindex).is_none() {
+            let free = (0..names::MAX_TX_PORTS)
+                .find(|i| self.tx_slots.get(*i, 0).map_or(true, |v| v.if_index == 0))
+                .ok_or(DatapathError::NoTxSlot(ifindex))?;
+            self.tx_slots
+                .set(free, ifindex, None, 0)
+                .map_err(|e| DatapathError::TxPort(ifindex, e))?;
+        }
+        Ok(())
+    }
+
+    /// `ifindex`'s slot in `TX_SLOTS`, if it has one.
+    pub fn tx_slot(&self, ifindex: u32) -> Option<u8> {
+        (0..names::MAX_TX_PORTS)
+            .find(|i| {
+                self.tx_slots
+                    .get(*i, 0)
+                    .is_ok_and(|v| v.if_index == ifindex)
+            })
+            .map(|i| i as u8)
     }
 
     /// Where the datapath's own ICMP errors come from, and how many.
@@ -264,12 +289,16 @@ impl Datapath {
             .map_err(map_err(names::ICMP_CONFIG))
     }
 
-    /// The interfaces the fast path may redirect to.
-    pub fn tx_ports(&self) -> Result<std::collections::BTreeSet<u32>, DatapathError> {
-        self.tx_ports
-            .iter()
-            .map(|r| r.map(|(k, _)| k).map_err(map_err(names::TX_PORTS)))
-            .collect()
+    /// The interfaces the fast path may redirect to, with their slots.
+    pub fn tx_ports(&self) -> Result<std::collections::BTreeMap<u32, u8>, DatapathError> {
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.tx_ports.iter() {
+            let (ifindex, _) = r.map_err(map_err(names::TX_PORTS))?;
+            if let Some(slot) = self.tx_slot(ifindex) {
+                out.insert(ifindex, slot);
+            }
+        }
+        Ok(out)
     }
 
     /// Slots of `NEXTHOPS`, id 0 included (never used).

@@ -11,7 +11,7 @@ use eip_nat::{
     model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
-    maps::{NextHop, FLAG_FAST_PATH, NEXTHOP_VALID},
+    maps::{NextHop, FLAG_FAST_PATH},
     verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
@@ -682,10 +682,14 @@ fn programmed_next_hop_is_used_without_the_fib() {
     let (priv_dev, priv_mac, instance_mac) = rig.private.clone();
     let ifindex = integration_tests::netns::ifindex(&rig.ns, &priv_dev);
     let (dmac, smac) = ([0x02, 0xaa, 0, 0, 0, 1], [0x02, 0xaa, 0, 0, 0, 2]);
+    let slot =
+        h.gw.datapath_mut()
+            .tx_slot(ifindex)
+            .expect("a fast-path port");
     let mut hop = NextHop {
         ifindex,
         mtu: 1500,
-        flags: NEXTHOP_VALID,
+        flags: NextHop::flags_for(true, slot),
         dmac,
         smac,
         neighbour: PRIVATE.octets(),

@@ -24,7 +24,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use eip_nat_common::maps::{NextHop, NEXTHOP_VALID};
+use eip_nat_common::maps::NextHop;
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::{
@@ -38,8 +38,8 @@ pub struct NextHops {
     kernel: KernelView,
     netlink: Netlink,
     ids: Ids,
-    /// Interfaces the program may redirect to (`TX_PORTS`).
-    tx_ports: BTreeSet<u32>,
+    /// Interfaces the program may redirect to, with their `TX_SLOTS` slot.
+    tx_ports: BTreeMap<u32, u8>,
     /// EIP → (the address it delivers to, its next-hop id).
     bound: HashMap<Ipv4Addr, (Ipv4Addr, u32)>,
     /// Delivered address → the EIPs delivering to it (one, by the rules;
@@ -62,7 +62,7 @@ pub type Rebind = Vec<Ipv4Addr>;
 impl NextHops {
     /// Reads the kernel's tables, and the ids the running program already
     /// uses (an earlier agent's), so that a restart keeps them.
-    pub fn load(dp: &Datapath, tx_ports: BTreeSet<u32>) -> io::Result<Self> {
+    pub fn load(dp: &Datapath, tx_ports: BTreeMap<u32, u8>) -> io::Result<Self> {
         let mut netlink = Netlink::open()?;
         let kernel = KernelView::load(&mut netlink)?;
         let mut ids = Ids::new(dp.nexthop_capacity());
@@ -111,8 +111,8 @@ impl NextHops {
         hop.dmac = n.mac;
         hop.smac = link.mac.unwrap_or_default();
         let usable = link.up && n.usable && link.mac.is_some() && mtu > 0;
-        if usable && self.tx_ports.contains(&key.ifindex) {
-            hop.flags = NEXTHOP_VALID;
+        if let (true, Some(slot)) = (usable, self.tx_ports.get(&key.ifindex)) {
+            hop.flags = NextHop::flags_for(true, *slot);
         }
         hop
     }
