@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "libstd-rust-web-dev-bpf",
         "core/alloc for bpfel-unknown-none",
     ),
+    (
+        "rust-web-clippy",
+        "clippy for Debian's rustc: lints the eBPF crate",
+    ),
     ("iproute2", "ip: namespaces, veth, routes"),
     (
         "ethtool",

@@ -27,6 +27,18 @@ pub fn agent_binary() -> PathBuf {
     root().join("target/release/eip-nat")
 }
 
+/// `cargo clippy -D warnings` on the eBPF crate, with Debian's clippy (the
+/// one that matches the rustc that builds it), from its own directory.
+pub fn ebpf_clippy() -> Command {
+    let mut c = Command::new("/usr/bin/cargo-clippy");
+    c.args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
+        .current_dir(root().join("eip-nat-ebpf"));
+    for var in HOST_ONLY_ENV {
+        c.env_remove(var);
+    }
+    c
+}
+
 /// Builds the eBPF crate from its own directory, so its
 /// `.cargo/config.toml` (target, rustc, linker) applies.
 pub fn ebpf() -> Result<()> {

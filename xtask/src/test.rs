@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     bootstrap::is_root,
-    build::{agent_binary, bpf_object},
+    build::{self, agent_binary, bpf_object},
     cmd::{self, root},
 };
 
@@ -72,16 +72,19 @@ pub fn run() -> Result<()> {
             ],
         ),
         (
-            "clippy -D warnings (host crates)",
-            vec![cargo(&[
-                "clippy",
-                "--locked",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])],
+            "clippy -D warnings (host crates, and the eBPF crate with Debian's clippy)",
+            vec![
+                cargo(&[
+                    "clippy",
+                    "--locked",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+                build::ebpf_clippy(),
+            ],
         ),
         (
             "host unit tests (checksums, parsing, the association rules against an oracle, store, config, sysctls)",
