@@ -197,7 +197,15 @@ impl Gateway {
             self.routed = desired.into_keys().collect();
         }
         if let Some(nh) = &mut self.nexthops {
-            nh.reload(&mut self.datapath)?;
+            // The view was read when the next hops were loaded, and follows
+            // the kernel since; read it again only if routes were just
+            // changed here (a full dump costs seconds with a million host
+            // routes), then write ROUTES and the slots from it.
+            if r.routes_written + r.routes_removed > 0 {
+                nh.reload(&mut self.datapath)?;
+            } else {
+                nh.sync_all(&mut self.datapath)?;
+            }
         }
         let mut desired = tables::all_entries(&self.state);
         if let Some(nh) = &mut self.nexthops {
@@ -376,7 +384,7 @@ impl Gateway {
                             *addr,
                             Default::default(),
                         ));
-                        rebind.extend(nh.note_route(&mut self.datapath, &gone)?);
+                        rebind.extend(nh.on_kernel(&mut self.datapath, &gone)?);
                     }
                 }
                 None => {}

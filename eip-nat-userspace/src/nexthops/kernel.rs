@@ -364,13 +364,6 @@ impl KernelView {
         }
         Change::Neighbour(key.1, key.0)
     }
-
-    /// Takes a route the agent itself just installed, before the kernel's
-    /// notification of it arrives: an ENI move must be in the datapath
-    /// when the event is answered.
-    pub fn note(&mut self, m: &RouteNetlinkMessage) -> Change {
-        self.apply(m)
-    }
 }
 
 /// The route the kernel uses among those of one prefix: lowest priority.

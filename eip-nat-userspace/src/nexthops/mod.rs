@@ -337,7 +337,10 @@ impl NextHops {
         Ok(changed)
     }
 
-    /// Follows one rtnetlink notification. Returns the EIPs whose entries
+    /// Follows one rtnetlink notification, or a route the agent itself just
+    /// installed or removed (taken in before the kernel's notification of
+    /// it, so the change is in the datapath before the event is answered).
+    /// Returns the EIPs whose entries
     /// must be rewritten (their next hop is another slot now); the caller
     /// rewrites them, then calls [`Self::settle`].
     pub fn on_kernel(
@@ -385,17 +388,6 @@ impl NextHops {
         Ok(rebind)
     }
 
-    /// Takes a route the agent itself just installed or removed, as the
-    /// kernel's notification will say, so that the change is in the
-    /// datapath before the event is answered.
-    pub fn note_route(
-        &mut self,
-        dp: &mut Datapath,
-        m: &RouteNetlinkMessage,
-    ) -> Result<Rebind, DatapathError> {
-        self.on_kernel(dp, m)
-    }
-
     /// Asks the kernel for the route it now has for `addr/32` (the one the
     /// agent just installed) and takes it in.
     pub fn refresh_host_route(
@@ -404,7 +396,7 @@ impl NextHops {
         addr: Ipv4Addr,
     ) -> Result<Rebind, DatapathError> {
         match crate::routes::fib_match(&mut self.netlink, addr) {
-            Ok(Some(m)) => self.note_route(dp, &RouteNetlinkMessage::NewRoute(m)),
+            Ok(Some(m)) => self.on_kernel(dp, &RouteNetlinkMessage::NewRoute(m)),
             Ok(None) => Ok(vec![]),
             Err(e) => {
                 log::warn!("reading back the route to {addr}: {e}; resynchronising");
