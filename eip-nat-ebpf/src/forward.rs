@@ -213,6 +213,12 @@ pub fn finish(ctx: &XdpContext, ip: &mut Ipv4Hdr, plan: Plan) -> Verdict {
 /// A router's work: TTL − 1 with the header checksum patched, new MACs,
 /// and `XDP_REDIRECT` through the egress's slot in `TX_SLOTS` (programmed)
 /// or `TX_PORTS` (after a FIB lookup, which names an ifindex).
+///
+/// The redirect is asked for first: the helper only records the target
+/// (`bpf_redirect_map` fills the per-CPU `bpf_redirect_info`; the frame
+/// moves after the program returns), so a port that vanished leaves the
+/// frame with its TTL and MACs as they came, and the kernel, which it goes
+/// to instead, forwards it as it would any translated packet.
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
@@ -225,6 +231,16 @@ fn emit(
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Verdict::EthernetTruncated;
     };
+    let sent = if slot >= 0 {
+        TX_SLOTS.redirect(slot as u32, 0)
+    } else {
+        TX_PORTS.redirect(ifindex, 0)
+    };
+    if sent.is_err() {
+        // Unreachable while the agent keeps the port, unless it removed
+        // it in between.
+        return Verdict::FallbackNoTxPort;
+    }
     let check = u16::from_be_bytes(ip.check);
     ip.check = csum::decrement_ttl(check, ip.ttl, ip.proto).to_be_bytes();
     ip.ttl -= 1;
@@ -233,15 +249,5 @@ fn emit(
         copy_bytes(&mut (*eth).dst_addr, dmac);
         copy_bytes(&mut (*eth).src_addr, smac);
     }
-    let sent = if slot >= 0 {
-        TX_SLOTS.redirect(slot as u32, 0)
-    } else {
-        TX_PORTS.redirect(ifindex, 0)
-    };
-    match sent {
-        Ok(_) => verdict,
-        // Unreachable while the agent keeps the port, unless it removed it
-        // in between; the packet then goes up already forwarded.
-        Err(_) => Verdict::FallbackNoTxPort,
-    }
+    verdict
 }
