@@ -44,6 +44,25 @@ pub const NEXTHOPS: &str = "NEXTHOPS";
 /// An id of 0 sends the packet to `bpf_fib_lookup`.
 pub const ROUTES: &str = "ROUTES";
 
+/// `LpmTrie<[u8; 4], u32>`: what the public side may reach besides the
+/// EIPs (docs/behaviour.md, "What the public side reaches"): the gateway's
+/// own addresses, link-local control traffic and the prefixes the
+/// operator lists as routed through unchanged. The value says which
+/// ([`ACCEPT_LOCAL`], [`ACCEPT_LINK_CONTROL`], [`ACCEPT_ROUTED`]). A packet
+/// from the Internet to anything else is dropped before the kernel sees it.
+pub const PUBLIC_ACCEPT: &str = "PUBLIC_ACCEPT";
+/// Capacity of [`PUBLIC_ACCEPT`]: the host's local and broadcast addresses
+/// and the operator's prefixes.
+pub const PUBLIC_ACCEPT_MAX: u32 = 4096;
+/// A local or broadcast address of the gateway (its local table).
+pub const ACCEPT_LOCAL: u32 = 1;
+/// A prefix of the operator's `routed_prefixes`.
+pub const ACCEPT_ROUTED: u32 = 2;
+/// Limited broadcast and 224.0.0.0/24, the link-local control block that
+/// routers never forward (RFC 919, RFC 5771 §4): ARP's IPv4 companions,
+/// VRRP, OSPF hellos on the uplink.
+pub const ACCEPT_LINK_CONTROL: u32 = 3;
+
 /// Default capacity of the association tables; the agent can change it at
 /// load time (`--max-associations`). The per-EIP counters are a per-CPU
 /// array of this size, so memory grows with `capacity × CPUs × 32 bytes`.

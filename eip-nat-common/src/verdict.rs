@@ -82,10 +82,18 @@ pub enum Verdict {
     /// An ICMP error was due, but the frame could not be reshaped into it
     /// (the driver refused to move its bounds): dropped.
     DropIcmpNotBuilt = 24,
+    /// From the Internet to the private IP of an ENI (NAT, cut-through or
+    /// multi-EIP), not through an EIP: an instance is reached only by its
+    /// EIP.
+    DropPublicToPrivateIp = 25,
+    /// From the Internet to an address that is no EIP, no address of the
+    /// gateway's and in no prefix the operator routes through: dropped
+    /// before the kernel could route it.
+    DropPublicUnlisted = 26,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 27;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::NoMapping,
@@ -112,6 +120,8 @@ impl Verdict {
         Self::IcmpFragNeededSent,
         Self::DropIcmpRateLimited,
         Self::DropIcmpNotBuilt,
+        Self::DropPublicToPrivateIp,
+        Self::DropPublicUnlisted,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -142,6 +152,8 @@ impl Verdict {
             Self::IcmpFragNeededSent => "icmp_frag_needed_sent",
             Self::DropIcmpRateLimited => "drop_icmp_rate_limited",
             Self::DropIcmpNotBuilt => "drop_icmp_not_built",
+            Self::DropPublicToPrivateIp => "drop_public_to_private_ip",
+            Self::DropPublicUnlisted => "drop_public_unlisted",
         }
     }
 
@@ -188,6 +200,8 @@ impl Verdict {
                 | Self::DropEniDetached
                 | Self::DropIcmpRateLimited
                 | Self::DropIcmpNotBuilt
+                | Self::DropPublicToPrivateIp
+                | Self::DropPublicUnlisted
         )
     }
 

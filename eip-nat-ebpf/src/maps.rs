@@ -9,7 +9,7 @@ use eip_nat_common::maps::{filter_bit, IcmpBucket, IcmpConfig, FILTER_WORDS};
 use eip_nat_common::{
     maps::{
         Ipv4Key, NextHop, DEFAULT_MAX_ASSOCIATIONS, EXTRA_NEXTHOPS, EXTRA_ROUTES, MAX_TX_PORTS,
-        VERDICT_COUNTERS_LEN,
+        PUBLIC_ACCEPT_MAX, VERDICT_COUNTERS_LEN,
     },
     AddrEntry, Config, Direction, EipCounters, VerdictCounter,
 };
@@ -65,6 +65,17 @@ pub static ROUTES: LpmTrie<Ipv4Key, u32> =
 #[inline(always)]
 pub fn route_nexthop(addr: Ipv4Key) -> u32 {
     ROUTES.get(Key::new(32, addr)).copied().unwrap_or(0)
+}
+
+#[map(name = "PUBLIC_ACCEPT")]
+pub static PUBLIC_ACCEPT: LpmTrie<Ipv4Key, u32> = LpmTrie::with_max_entries(PUBLIC_ACCEPT_MAX, 0);
+
+/// True if the public side may reach `addr` though it is no EIP: one of
+/// the gateway's addresses, link-local control, or a prefix the operator
+/// routes through.
+#[inline(always)]
+pub fn public_accepts(addr: Ipv4Key) -> bool {
+    PUBLIC_ACCEPT.get(Key::new(32, addr)).is_some()
 }
 
 /// The interface's role, from the ifindex the packet arrived on, and

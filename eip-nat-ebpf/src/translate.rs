@@ -163,6 +163,10 @@ fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
 ///
 /// Addresses of a detached ENI, and a cut-through ENI's primary private IP,
 /// are dropped with their own verdicts.
+///
+/// The public side reaches EIPs, and otherwise only what `PUBLIC_ACCEPT`
+/// lists (the gateway's own addresses, the operator's routed prefixes);
+/// an ENI's private IP never, listed or not.
 #[inline(always)]
 fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, Verdict> {
     let mut rewrite = Rewrite {
@@ -201,7 +205,12 @@ fn decide(direction: Direction, src: Ipv4Key, dst: Ipv4Key) -> Result<Rewrite, V
                 slot: d.eip_slot,
             });
             rewrite.nexthop = d.nexthop;
+        } else if direction == Direction::Inbound {
+            // An instance is reached from the Internet by its EIP only.
+            return Err(Verdict::DropPublicToPrivateIp);
         }
+    } else if direction == Direction::Inbound && !maps::public_accepts(dst) {
+        return Err(Verdict::DropPublicUnlisted);
     }
     Ok(rewrite)
 }

@@ -229,7 +229,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     // Subscribed before the tables are read, so no change falls between.
     let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
-    let (gateway, report) = Gateway::open(store, datapath, Some(Routes::open()?), cfg.limits)?;
+    let (mut gateway, report) = Gateway::open(store, datapath, Some(Routes::open()?), cfg.limits)?;
+    // Before the program is attached: the public side reaches nothing but
+    // the EIPs and what this lists.
+    gateway.set_routed_prefixes(cfg.routed_prefixes.clone())?;
     let generation = gateway.generation().generation;
     log::info!(
         "desired state: generation {generation}, {} ENIs, {} associations; reconciled: \

@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -45,6 +46,7 @@ pub struct FileConfig {
     pub detach_on_exit: Option<bool>,
     pub tcp_listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
+    pub routed_prefixes: Option<Vec<Ipv4Net>>,
 }
 
 impl FileConfig {
@@ -79,7 +81,8 @@ impl FileConfig {
             log_level,
             detach_on_exit,
             tcp_listen,
-            token_file
+            token_file,
+            routed_prefixes
         )
     }
 }
@@ -103,6 +106,11 @@ pub struct AgentConfig {
     pub detach_on_exit: bool,
     pub tcp_listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
+    /// Prefixes the public side may reach unchanged (the kernel routes
+    /// them), besides the EIPs and the gateway's own addresses; anything
+    /// else from the Internet is dropped (docs/behaviour.md, "What the
+    /// public side reaches").
+    pub routed_prefixes: Vec<Ipv4Net>,
 }
 
 impl TryFrom<FileConfig> for AgentConfig {
@@ -126,7 +134,22 @@ impl TryFrom<FileConfig> for AgentConfig {
             detach_on_exit: f.detach_on_exit.unwrap_or(false),
             tcp_listen: f.tcp_listen,
             token_file: f.token_file,
+            routed_prefixes: f.routed_prefixes.unwrap_or_default(),
         };
+        for p in &cfg.routed_prefixes {
+            if p.prefix_len() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "routed_prefixes: {p} would open every address to the Internet; list the \
+                     prefixes to route through"
+                )));
+            }
+            if p.network() != p.addr() {
+                return Err(ConfigError::Invalid(format!(
+                    "routed_prefixes: {p} has host bits set; did you mean {}?",
+                    p.trunc()
+                )));
+            }
+        }
         if cfg.public_if == cfg.private_if {
             return Err(ConfigError::Invalid(
                 "public_if and private_if must be different interfaces".into(),
@@ -201,5 +224,18 @@ mod tests {
         assert!(e.to_string().contains("token_file"), "{e}");
         let e = AgentConfig::try_from(FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("public_if is required"), "{e}");
+        for (bad, why) in [
+            ("0.0.0.0/0", "every address"),
+            ("10.1.2.3/24", "10.1.2.0/24"),
+        ] {
+            let f: FileConfig = toml::from_str(&format!(
+                "public_if = \"a\"\nprivate_if = \"b\"\nrouted_prefixes = [\"{bad}\"]\n"
+            ))
+            .unwrap();
+            let e = AgentConfig::try_from(f).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = toml::from_str::<FileConfig>("routed_prefixes = [\"10.1.2.0/33\"]").unwrap_err();
+        assert!(e.to_string().contains("routed_prefixes"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! The loaded XDP program and its maps, behind a typed API.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
 
 use aya::{
     maps::{
@@ -93,7 +95,7 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 
 /// The maps the agent pins, so that they (and the tables and counters in
 /// them) outlive it.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     names::TX_SLOTS,
     names::ADDRESS_FILTER,
     names::CONFIG,
@@ -103,6 +105,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     names::EIP_COUNTERS,
     names::NEXTHOPS,
     names::ROUTES,
+    names::PUBLIC_ACCEPT,
 ];
 
 /// What [`Datapath::attach_pinned`] did.
@@ -146,6 +149,7 @@ pub struct Datapath {
     eip_counters: PerCpuArray<MapData, EipCounters>,
     nexthops: Array<MapData, NextHop>,
     routes: LpmTrie<MapData, Ipv4Key, u32>,
+    public_accept: LpmTrie<MapData, Ipv4Key, u32>,
     icmp: Array<MapData, IcmpConfig>,
     filter: Array<MapData, u64>,
     /// What `filter` holds, so that a bit already set costs no write.
@@ -221,6 +225,7 @@ impl Datapath {
             eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
             nexthops: take(&mut ebpf, names::NEXTHOPS)?,
             routes: take(&mut ebpf, names::ROUTES)?,
+            public_accept: take(&mut ebpf, names::PUBLIC_ACCEPT)?,
             icmp: take(&mut ebpf, names::ICMP_CONFIG)?,
             filter_words: Vec::new(),
             filter: take(&mut ebpf, names::ADDRESS_FILTER)?,
@@ -508,6 +513,48 @@ impl Datapath {
         }
         self.filter_words = words;
         Ok(())
+    }
+
+    /// What `PUBLIC_ACCEPT` holds: prefix → kind (`names::ACCEPT_*`).
+    pub fn public_accept(&self) -> Result<BTreeMap<Ipv4Net, u32>, DatapathError> {
+        let err = map_err(names::PUBLIC_ACCEPT);
+        let mut out = BTreeMap::new();
+        for k in self.public_accept.keys() {
+            let k = k.map_err(&err)?;
+            let kind = self.public_accept.get(&k, 0).map_err(&err)?;
+            let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
+                .expect("the kernel keeps prefix lengths ≤ 32 for a 4-byte key");
+            out.insert(net, kind);
+        }
+        Ok(out)
+    }
+
+    /// Makes `PUBLIC_ACCEPT` exactly `want`, writing only what differs:
+    /// additions first, so nothing accepted before and after is refused in
+    /// between. Returns how many prefixes were written or removed.
+    pub fn set_public_accept(
+        &mut self,
+        want: &BTreeMap<Ipv4Net, u32>,
+    ) -> Result<usize, DatapathError> {
+        let err = map_err(names::PUBLIC_ACCEPT);
+        let current = self.public_accept()?;
+        let lpm = |n: &Ipv4Net| LpmKey::new(n.prefix_len() as u32, n.network().octets());
+        let mut changed = 0;
+        for (net, kind) in want {
+            if current.get(net) != Some(kind) {
+                self.public_accept
+                    .insert(&lpm(net), kind, 0)
+                    .map_err(&err)?;
+                changed += 1;
+            }
+        }
+        for net in current.keys().filter(|n| !want.contains_key(n)) {
+            match self.public_accept.remove(&lpm(net)) {
+                Ok(()) | Err(MapError::KeyNotFound) => changed += 1,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(changed)
     }
 
     /// Zeroes the counters in `slot`, for a new association.

@@ -6,9 +6,10 @@
 //! answered. The store is the truth: if the agent dies between the commit
 //! and the datapath, the next agent's reconcile applies the difference.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use eip_nat_common::AddrEntry;
+use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::{
@@ -16,6 +17,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
+    public_access,
     routes::{host_route, RouteError, Routes},
     store::{Store, StoreError},
 };
@@ -97,6 +99,11 @@ pub struct Gateway {
     /// The programmed next hops; None with no routing table to follow
     /// (test-run harnesses), where the fast path asks the FIB.
     nexthops: Option<NextHops>,
+    /// The operator's `routed_prefixes`, and what `PUBLIC_ACCEPT` holds
+    /// (None until they are set: a pinned table stays as the last agent
+    /// left it, so a restart opens nothing and closes nothing meanwhile).
+    routed_prefixes: Vec<Ipv4Net>,
+    public_accept: Option<BTreeMap<Ipv4Net, u32>>,
 }
 
 /// An error and its sources on one line.
@@ -163,6 +170,8 @@ impl Gateway {
             routes,
             routed: Default::default(),
             nexthops,
+            routed_prefixes: Vec::new(),
+            public_accept: None,
         };
         let report = gw.reconcile().map_err(|source| GatewayError::Datapath {
             generation,
@@ -417,6 +426,38 @@ impl Gateway {
         Ok(entry)
     }
 
+    /// Sets what the public side may reach besides the EIPs: `routed`, the
+    /// gateway's own addresses and link control (`public_access`).
+    pub fn set_routed_prefixes(&mut self, routed: Vec<Ipv4Net>) -> Result<(), DatapathError> {
+        self.routed_prefixes = routed;
+        self.sync_public_accept(true)
+    }
+
+    /// Writes `PUBLIC_ACCEPT` if what it should hold changed (or `force`).
+    fn sync_public_accept(&mut self, force: bool) -> Result<(), DatapathError> {
+        if self.public_accept.is_none() && !force {
+            return Ok(());
+        }
+        let locals: Vec<Ipv4Addr> = self
+            .nexthops
+            .as_ref()
+            .map(|nh| nh.local_addresses().collect())
+            .unwrap_or_default();
+        let want = public_access::table(&self.routed_prefixes, locals);
+        if self.public_accept.as_ref() != Some(&want) {
+            let changed = self.datapath.set_public_accept(&want)?;
+            if changed > 0 {
+                log::info!(
+                    "the public side reaches the EIPs and {} more prefixes (own addresses, link \
+                     control, routed_prefixes)",
+                    want.len()
+                );
+            }
+            self.public_accept = Some(want);
+        }
+        Ok(())
+    }
+
     /// Follows a change of the kernel's links, routes or neighbours
     /// (an rtnetlink notification) into the programmed next hops.
     pub fn kernel_changed(
@@ -435,6 +476,8 @@ impl Gateway {
             self.datapath.put_entry(eip, entry)?;
         }
         nh.settle(&mut self.datapath)?;
+        // An address added to or removed from the host.
+        self.sync_public_accept(false)?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod model;
 pub mod monitor;
 pub mod netlink;
 pub mod nexthops;
+pub mod public_access;
 pub mod rig;
 pub mod routes;
 pub mod server;

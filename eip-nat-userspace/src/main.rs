@@ -76,6 +76,11 @@ struct AgentArgs {
     /// File holding the bearer token the TCP listener requires.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A prefix the public side may reach unchanged, routed through by the
+    /// kernel (repeat for more). Everything else that is no EIP and no
+    /// address of the gateway's is dropped on the public side.
+    #[arg(long = "routed-prefix", value_name = "CIDR")]
+    routed_prefixes: Vec<ipnet::Ipv4Net>,
     /// Print the configuration in effect and exit.
     #[arg(long)]
     print_config: bool,
@@ -102,6 +107,8 @@ impl AgentArgs {
             detach_on_exit: self.detach_on_exit.then_some(true),
             tcp_listen: self.tcp_listen,
             token_file: self.token_file.clone(),
+            routed_prefixes: (!self.routed_prefixes.is_empty())
+                .then(|| self.routed_prefixes.clone()),
         };
         Ok(AgentConfig::try_from(file.overridden_by(flags))?)
     }

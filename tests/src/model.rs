@@ -67,6 +67,18 @@ pub struct Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     pub addresses: HashMap<Ipv4Addr, AddrEntry>,
+    /// What the public side reaches besides the EIPs: (network, length).
+    pub public_accept: Vec<(Ipv4Addr, u8)>,
+}
+
+impl Tables {
+    fn public_accepts(&self, addr: [u8; 4]) -> bool {
+        let a = u32::from_be_bytes(addr);
+        self.public_accept.iter().any(|(net, len)| {
+            let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+            a & mask == u32::from(*net) & mask
+        })
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -211,6 +223,16 @@ fn translate(
         return v;
     }
     let new_dst = d.filter(|d| d.is_eip()).map(|d| (d.private_ip, d.eip_slot));
+    // The Internet reaches an EIP, or else only what is listed, and never
+    // an ENI's private IP.
+    if direction == Direction::Inbound && new_dst.is_none() {
+        if d.is_some() {
+            return Verdict::DropPublicToPrivateIp;
+        }
+        if !tables.public_accepts(dst) {
+            return Verdict::DropPublicUnlisted;
+        }
+    }
     if new_src.is_none() && new_dst.is_none() {
         return Verdict::NoMapping;
     }

@@ -24,6 +24,18 @@ pub fn sh(args: &[&str]) {
 }
 
 /// `ip netns exec NS ARGS…`, panicking on failure.
+/// `ping -c count` from `ns` to `addr`, 0.2 s apart, 1 s for each reply.
+pub fn ping(ns: &str, addr: &str, count: u32) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-q", "-i", "0.2", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(addr)
+        .output()
+        .expect("run ping")
+}
+
 pub fn ns_sh(ns: &str, args: &[&str]) {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);

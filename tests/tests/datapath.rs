@@ -4,6 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
@@ -11,7 +13,7 @@ use eip_nat::{
     model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
-    maps::{NextHop, FLAG_FAST_PATH},
+    maps::{NextHop, FLAG_FAST_PATH, MAX_TX_PORTS},
     verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
@@ -368,8 +370,12 @@ fn link_padding_is_left_alone() {
 #[test]
 fn untranslatable_packets_pass_untouched() {
     let mut h = Harness::new();
-    // No mapping: another EIP inbound, another private IP outbound, and an
-    // outbound packet *to* the private IP (the tables are per direction).
+    // The operator routes OTHER's prefix through, unchanged.
+    h.gw.set_routed_prefixes(vec!["203.0.113.96/27".parse().unwrap()])
+        .unwrap();
+    // No mapping: a listed address inbound, another private IP outbound,
+    // and an outbound packet *to* the private IP (the tables are per
+    // direction).
     for (name, dir, p) in [
         (
             "no mapping in",
@@ -419,6 +425,58 @@ fn untranslatable_packets_pass_untouched() {
     );
 }
 
+/// The public side reaches the EIPs, the gateway's addresses, link
+/// control and the operator's prefixes; an instance's private IP never.
+#[test]
+fn the_public_side_reaches_only_what_is_listed() {
+    let mut h = Harness::new();
+    let to = |dst| udp(INTERNET, 1, dst, 2, b"knock", true).frame();
+    h.dropped("unlisted", &to(OTHER), Verdict::DropPublicUnlisted);
+    h.dropped(
+        "private IP, with an EIP",
+        &to(PRIVATE),
+        Verdict::DropPublicToPrivateIp,
+    );
+    // Listing the private IP's prefix routes the rest of it, not the
+    // ENI's address.
+    h.gw.set_routed_prefixes(vec!["10.200.0.0/24".parse().unwrap()])
+        .unwrap();
+    h.dropped(
+        "private IP inside a listed prefix",
+        &to(PRIVATE),
+        Verdict::DropPublicToPrivateIp,
+    );
+    let neighbour = Ipv4Addr::new(10, 200, 0, 200);
+    h.untouched(
+        "listed",
+        Direction::Inbound,
+        &to(neighbour),
+        Verdict::NoMapping,
+    );
+    for control in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 18)] {
+        h.untouched(
+            "link control",
+            Direction::Inbound,
+            &to(control),
+            Verdict::NoMapping,
+        );
+    }
+    // Unlisted again: the table follows the configuration.
+    h.gw.set_routed_prefixes(Vec::new()).unwrap();
+    h.dropped(
+        "no longer listed",
+        &to(neighbour),
+        Verdict::DropPublicUnlisted,
+    );
+    // The private side is not filtered: an instance reaches anything.
+    h.untouched(
+        "outbound, unlisted",
+        Direction::Outbound,
+        &udp(Ipv4Addr::new(10, 200, 0, 11), 1, OTHER, 2, b"out", true).frame(),
+        Verdict::NoMapping,
+    );
+}
+
 #[test]
 fn malformed_packets_are_dropped_with_their_reason() {
     let mut h = Harness::new();
@@ -453,8 +511,11 @@ fn malformed_packets_are_dropped_with_their_reason() {
     assert_eq!(tiny.proto, TCP);
     h.dropped("tiny tcp fragment", &tiny.frame(), Verdict::L4Truncated);
 
-    // The same lengths for an address nobody owns still pass as no-mapping:
-    // the L4 check is only needed where we would rewrite.
+    // The same lengths for an address the operator routes through still
+    // pass as no-mapping: the L4 check is only needed where we would
+    // rewrite.
+    h.gw.set_routed_prefixes(vec![Ipv4Net::from(OTHER)])
+        .unwrap();
     let mut tiny_other = tiny.clone();
     tiny_other.dst = OTHER;
     let f = tiny_other.frame();
@@ -467,16 +528,11 @@ fn malformed_packets_are_dropped_with_their_reason() {
 }
 
 #[test]
-fn disassociated_eip_passes_untouched() {
+fn disassociated_eip_is_no_way_in_and_the_private_ip_leaves_untranslated() {
     let mut h = Harness::new();
     h.gw.apply(&Event::Disassociate { eip: EIP }).unwrap();
     let f = udp(INTERNET, 1, EIP, 2, b"late", true).frame();
-    h.untouched(
-        "after disassociate in",
-        Direction::Inbound,
-        &f,
-        Verdict::NoMapping,
-    );
+    h.dropped("after disassociate in", &f, Verdict::DropPublicUnlisted);
     let f = udp(PRIVATE, 2, INTERNET, 1, b"late", true).frame();
     h.untouched(
         "after disassociate out",
@@ -715,6 +771,28 @@ fn programmed_next_hop_is_used_without_the_fib() {
         &input,
         Verdict::Redirected,
         &expected.frame_with(dmac, smac),
+    );
+
+    // Its port gone from TX_SLOTS (the redirect fails): the kernel gets
+    // the packet translated, TTL and MACs as they came, exactly as the
+    // slow path would hand it over.
+    let empty_slot = (MAX_TX_PORTS - 1) as u8;
+    assert_ne!(empty_slot, slot);
+    h.gw.datapath_mut()
+        .set_nexthop(
+            1,
+            NextHop {
+                flags: NextHop::flags_for(true, empty_slot),
+                ..hop
+            },
+        )
+        .unwrap();
+    h.translated_as(
+        "no port in the slot",
+        Direction::Inbound,
+        &input,
+        Verdict::FallbackNoTxPort,
+        &udp(INTERNET, 40000, PRIVATE, 53, b"programmed", true).frame(),
     );
 
     // Over the next hop's MTU: passed, translated, for the kernel to

@@ -249,8 +249,19 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
         gw.apply_batch(&events, None).unwrap();
     }
     // The model reads the same tables the datapath holds.
+    // The public side reaches part of OTHERS (a listed prefix that also
+    // holds private IPs, which stay unreachable) and not the rest.
+    let routed = ["10.0.0.0/24", "198.51.100.0/25"].map(|p| p.parse().unwrap());
+    gw.set_routed_prefixes(routed.into()).unwrap();
     let tables = Tables {
         addresses: gw.datapath_mut().entries().unwrap().into_iter().collect(),
+        public_accept: gw
+            .datapath()
+            .public_accept()
+            .unwrap()
+            .into_keys()
+            .map(|n| (n.network(), n.prefix_len()))
+            .collect(),
     };
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
     let mut r = Rng(seed);
@@ -356,6 +367,8 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
         "pass_unknown_interface",
         "drop_private_disabled",
         "drop_eni_detached",
+        "drop_public_to_private_ip",
+        "drop_public_unlisted",
     ] {
         assert!(
             packets < 10_000 || seen.get(v).copied().unwrap_or(0) > 0,

@@ -343,10 +343,15 @@ fn disassociate_stops_translation_at_once() {
 
     let after = s.agent.stats();
     assert!(after.eip(t.eip).is_none(), "its counters went with it");
-    for dir in ["inbound", "outbound"] {
-        let d = after.verdict(dir, "pass_no_mapping").unwrap().packets
-            - before.verdict(dir, "pass_no_mapping").unwrap().packets;
-        assert_eq!(d, 1, "{dir}: the packet passed untranslated");
+    // Inbound, a former EIP is no way in any more; outbound, the private
+    // IP leaves as it is.
+    for (dir, verdict) in [
+        ("inbound", "drop_public_unlisted"),
+        ("outbound", "pass_no_mapping"),
+    ] {
+        let d = after.verdict(dir, verdict).unwrap().packets
+            - before.verdict(dir, verdict).unwrap().packets;
+        assert_eq!(d, 1, "{dir}: {verdict}");
         assert_eq!(after.translated(dir), before.translated(dir));
     }
     // Disassociating again is refused, and says why.

@@ -117,6 +117,10 @@ pub fn run() -> Result<()> {
             vec![root_test("nexthops")],
         ),
         (
+            "isolation netns tests (the public side reaches the EIPs and what is listed, each mode, fast path on and off)",
+            vec![root_test("isolation")],
+        ),
+        (
             "control-plane netns tests (modes, ENI move, restarts under traffic, kill -9, API)",
             vec![root_test("control")],
         ),

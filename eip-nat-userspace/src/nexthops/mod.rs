@@ -177,6 +177,11 @@ impl NextHops {
     }
 
     /// The id `eip` is bound to, as its entry must carry it.
+    /// The host's local and broadcast addresses, as the kernel has them now.
+    pub fn local_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.kernel.locals()
+    }
+
     pub fn id_of(&self, eip: Ipv4Addr) -> u32 {
         self.bound.get(&eip).map_or(0, |(_, id)| *id)
     }

@@ -5,7 +5,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    process::Command,
     time::Duration,
 };
 
@@ -162,24 +161,9 @@ fn main() {
     at_internet.collect(Duration::from_millis(200), T, 1000);
 
     step(&format!("ICMP: the internet pings {eip}"));
-    let ok = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.internet.ns,
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-q",
-            &eip,
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let ok = integration_tests::netns::ping(&t.internet.ns, &eip, 2)
+        .status
+        .success();
     println!(
         "   {}",
         if ok {

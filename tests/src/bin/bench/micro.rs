@@ -116,13 +116,28 @@ pub fn per_packet() -> Vec<Row> {
     let outbound = udp(p0, 53, inet, 40000, &[0u8; 18], true).frame();
     let other = Ipv4Addr::new(203, 0, 113, 250);
     let unmapped = udp(inet, 40000, other, 53, &[0u8; 18], true).frame();
+    let unmapped_out = udp(
+        Ipv4Addr::new(10, 9, 0, 1),
+        53,
+        inet,
+        40000,
+        &[0u8; 18],
+        true,
+    )
+    .frame();
     let mut arp = unmapped.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     // (name, public ifindex, private ifindex, frame); None = the no-op.
-    let cases: [(&'static str, u32, u32, &[u8]); 5] = [
+    let cases: [(&'static str, u32, u32, &[u8]); 6] = [
         ("translate inbound (EIP → private)", lo, 0, &inbound),
         ("translate outbound (private → EIP)", 0, lo, &outbound),
-        ("pass (no mapping)", lo, 0, &unmapped),
+        ("pass (no mapping, private side)", 0, lo, &unmapped_out),
+        (
+            "drop (public side, no EIP: drop_public_unlisted)",
+            lo,
+            0,
+            &unmapped,
+        ),
         // Bisecting the pass path: each row below stops one step earlier.
         ("pass (not IPv4: role, Ethernet, counter)", lo, 0, &arp),
         (
@@ -143,7 +158,7 @@ pub fn per_packet() -> Vec<Row> {
         let mut pass = eip_nat::rig::PassProgram::load_only().expect("xdp_pass");
         // Rounds over all cases, so a slow spell of this virtual CPU hits
         // every case alike; each case keeps its fastest round.
-        let mut best = [f64::MAX; 7];
+        let mut best = [f64::MAX; 8];
         for _ in 0..ROUNDS {
             for (i, (_, public, private, frame)) in cases.iter().enumerate() {
                 dp.set_config(Config {
@@ -156,10 +171,10 @@ pub fn per_packet() -> Vec<Row> {
                 .unwrap();
                 best[i] = best[i].min(ns_per_packet(dp.program_mut(), frame));
             }
-            best[5] = best[5].min(ns_per_packet(pass.program(), &inbound));
-            best[6] = best[6].min(ns_per_packet(min_nat.program(), &inbound));
+            best[6] = best[6].min(ns_per_packet(pass.program(), &inbound));
+            best[7] = best[7].min(ns_per_packet(min_nat.program(), &inbound));
         }
-        let noop = best[5];
+        let noop = best[6];
         for (i, (name, ..)) in cases.iter().enumerate() {
             rows.push(Row {
                 case: name,
@@ -171,8 +186,8 @@ pub fn per_packet() -> Vec<Row> {
         rows.push(Row {
             case: MIN_NAT,
             mappings: n,
-            ns_per_packet: best[6],
-            ratio_to_noop: best[6] / noop,
+            ns_per_packet: best[7],
+            ratio_to_noop: best[7] / noop,
         });
         rows.push(Row {
             case: "no-op XDP program",
