@@ -11,5 +11,5 @@ pub mod ipv4;
 pub mod maps;
 pub mod verdict;
 
-pub use maps::{AddrEntry, Config, Direction, EipCounters, NatEntry, VerdictCounter};
+pub use maps::{AddrEntry, Config, Direction, EipCounters, VerdictCounter};
 pub use verdict::Verdict;

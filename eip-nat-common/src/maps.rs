@@ -281,13 +281,6 @@ impl AddrEntry {
     }
 }
 
-/// One rewrite the datapath makes: the new address, and whose counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatEntry {
-    pub addr: Ipv4Key,
-    pub slot: u32,
-}
-
 /// Packets and bytes (whole frames) per (direction, verdict).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use eip_nat_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
-use crate::{packet::ptr_at, translate::patch};
+use crate::{packet::ptr_at, rewrite::patch};
 
 /// Destination unreachable (incl. fragmentation needed), time exceeded and
 /// parameter problem: the errors that quote a packet (RFC 792, RFC 1812).

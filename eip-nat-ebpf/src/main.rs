@@ -3,11 +3,14 @@
 #![no_std]
 #![no_main]
 
+mod decide;
 mod forward;
 mod icmp;
 mod icmp_reply;
 mod maps;
 mod packet;
+mod parse;
+mod rewrite;
 mod rig;
 mod stats;
 mod translate;

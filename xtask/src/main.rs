@@ -5,6 +5,7 @@
 mod bootstrap;
 mod build;
 mod cmd;
+mod layout;
 mod test;
 
 use anyhow::Result;
