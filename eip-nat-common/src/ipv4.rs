@@ -27,7 +27,7 @@ pub const fn header_len(vihl: u8) -> usize {
 pub const fn check_header(vihl: u8, tot_len: u16) -> Result<usize, Verdict> {
     let hlen = header_len(vihl);
     if vihl >> 4 != 4 || hlen < MIN_HEADER_LEN || (tot_len as usize) < hlen {
-        return Err(Verdict::Ipv4BadHeader);
+        return Err(Verdict::DropIpv4BadHeader);
     }
     Ok(hlen)
 }
@@ -67,11 +67,19 @@ mod tests {
     fn header_checks() {
         assert_eq!(check_header(0x45, 40), Ok(20));
         assert_eq!(check_header(0x46, 24), Ok(24), "options, no payload");
-        assert_eq!(check_header(0x44, 40), Err(Verdict::Ipv4BadHeader), "IHL 4");
-        assert_eq!(check_header(0x65, 40), Err(Verdict::Ipv4BadHeader), "IPv6");
+        assert_eq!(
+            check_header(0x44, 40),
+            Err(Verdict::DropIpv4BadHeader),
+            "IHL 4"
+        );
+        assert_eq!(
+            check_header(0x65, 40),
+            Err(Verdict::DropIpv4BadHeader),
+            "IPv6"
+        );
         assert_eq!(
             check_header(0x46, 20),
-            Err(Verdict::Ipv4BadHeader),
+            Err(Verdict::DropIpv4BadHeader),
             "tot_len < IHL"
         );
     }

@@ -15,39 +15,39 @@ pub enum Verdict {
     /// Address rewritten; passed to the kernel to route.
     Translated = 0,
     /// IPv4, but the address is in no table: passed untouched.
-    NoMapping = 1,
+    PassNoMapping = 1,
     /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): passed untouched.
-    NotIpv4 = 2,
+    PassNotIpv4 = 2,
     /// Ingress interface is neither the public nor the private one.
-    UnknownInterface = 3,
+    PassUnknownInterface = 3,
     /// Shorter than an Ethernet header.
-    EthernetTruncated = 4,
+    DropEthernetTruncated = 4,
     /// IPv4 header, or the datagram its total length announces, runs past the
     /// end of the frame.
-    Ipv4Truncated = 5,
+    DropIpv4Truncated = 5,
     /// Version is not 4, IHL < 5, or total length shorter than the header.
-    Ipv4BadHeader = 6,
+    DropIpv4BadHeader = 6,
     /// A translated TCP/UDP first fragment too short to hold the L4 checksum
     /// (RFC 1858 tiny fragment): its checksum could not be kept valid.
-    L4Truncated = 7,
+    DropL4Truncated = 7,
     /// Translated and forwarded by the fast path through the next hop the
     /// agent programmed: no FIB lookup, TTL decrement, MACs rewritten,
     /// `XDP_REDIRECT` to the egress interface.
-    Redirected = 8,
+    TranslatedRedirect = 8,
     // Fast-path fallbacks: translated, then passed to the kernel (TTL and
     // MACs untouched), because it must do what XDP cannot.
     /// The next hop has no resolved neighbour entry: the kernel resolves it.
-    FallbackNoNeighbour = 9,
+    TranslatedPassNoNeighbour = 9,
     /// Larger than the egress MTU: the kernel fragments it, or sends ICMP
     /// "fragmentation needed" when DF is set (RFC 1191).
-    FallbackFragNeeded = 10,
+    TranslatedPassFragNeeded = 10,
     /// TTL ≤ 1: the kernel sends ICMP "time exceeded" (RFC 1812 §5.3.1).
-    FallbackTtlExceeded = 11,
+    TranslatedPassTtlExceeded = 11,
     /// No forwarding route (unreachable, blackhole, prohibit, local,
     /// forwarding disabled): the kernel answers as it would.
-    FallbackNotForwarded = 12,
+    TranslatedPassNotForwarded = 12,
     /// The egress interface is not in `TX_PORTS`.
-    FallbackNoTxPort = 13,
+    TranslatedPassNoTxPort = 13,
     /// Source is one of our EIPs, arriving from the Internet (public side)
     /// or from an instance (private side): spoofed.
     DropSpoofedEip = 14,
@@ -56,9 +56,9 @@ pub enum Verdict {
     /// An ICMP message to translate shorter than its 4-byte header, or an
     /// ICMP error whose quoted packet is missing, cut short (less than its
     /// IPv4 header and 8 bytes, RFC 792) or not IPv4.
-    IcmpErrorTruncated = 16,
+    DropIcmpErrorTruncated = 16,
     /// An ICMP error quoting a non-first fragment: no ports to match.
-    IcmpErrorInnerFragment = 17,
+    DropIcmpErrorInnerFragment = 17,
     /// To or from the primary private IP of a cut-through ENI: the EIP took
     /// its place, so the private network no longer reaches it.
     DropPrivateDisabled = 18,
@@ -67,7 +67,7 @@ pub enum Verdict {
     /// Translated and forwarded by the fast path after a `bpf_fib_lookup`,
     /// because no next hop was programmed for it or the programmed one is
     /// not usable (neighbour unresolved, link down).
-    RedirectedFib = 20,
+    TranslatedRedirectFib = 20,
     /// TTL ≤ 1: the datapath sent the sender an ICMP time exceeded built
     /// from the packet as it arrived, untranslated, so that it quotes the
     /// addresses the sender used (RFC 1812 §5.3.1, RFC 5508 §4.2).
@@ -96,26 +96,26 @@ impl Verdict {
     pub const COUNT: usize = 27;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
-        Self::NoMapping,
-        Self::NotIpv4,
-        Self::UnknownInterface,
-        Self::EthernetTruncated,
-        Self::Ipv4Truncated,
-        Self::Ipv4BadHeader,
-        Self::L4Truncated,
-        Self::Redirected,
-        Self::FallbackNoNeighbour,
-        Self::FallbackFragNeeded,
-        Self::FallbackTtlExceeded,
-        Self::FallbackNotForwarded,
-        Self::FallbackNoTxPort,
+        Self::PassNoMapping,
+        Self::PassNotIpv4,
+        Self::PassUnknownInterface,
+        Self::DropEthernetTruncated,
+        Self::DropIpv4Truncated,
+        Self::DropIpv4BadHeader,
+        Self::DropL4Truncated,
+        Self::TranslatedRedirect,
+        Self::TranslatedPassNoNeighbour,
+        Self::TranslatedPassFragNeeded,
+        Self::TranslatedPassTtlExceeded,
+        Self::TranslatedPassNotForwarded,
+        Self::TranslatedPassNoTxPort,
         Self::DropSpoofedEip,
         Self::DropSpoofedPrivate,
-        Self::IcmpErrorTruncated,
-        Self::IcmpErrorInnerFragment,
+        Self::DropIcmpErrorTruncated,
+        Self::DropIcmpErrorInnerFragment,
         Self::DropPrivateDisabled,
         Self::DropEniDetached,
-        Self::RedirectedFib,
+        Self::TranslatedRedirectFib,
         Self::IcmpTimeExceededSent,
         Self::IcmpFragNeededSent,
         Self::DropIcmpRateLimited,
@@ -128,26 +128,26 @@ impl Verdict {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Translated => "translated",
-            Self::NoMapping => "pass_no_mapping",
-            Self::NotIpv4 => "pass_not_ipv4",
-            Self::UnknownInterface => "pass_unknown_interface",
-            Self::EthernetTruncated => "drop_ethernet_truncated",
-            Self::Ipv4Truncated => "drop_ipv4_truncated",
-            Self::Ipv4BadHeader => "drop_ipv4_bad_header",
-            Self::L4Truncated => "drop_l4_truncated",
-            Self::Redirected => "translated_redirect",
-            Self::FallbackNoNeighbour => "translated_pass_no_neighbour",
-            Self::FallbackFragNeeded => "translated_pass_frag_needed",
-            Self::FallbackTtlExceeded => "translated_pass_ttl_exceeded",
-            Self::FallbackNotForwarded => "translated_pass_not_forwarded",
-            Self::FallbackNoTxPort => "translated_pass_no_tx_port",
+            Self::PassNoMapping => "pass_no_mapping",
+            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassUnknownInterface => "pass_unknown_interface",
+            Self::DropEthernetTruncated => "drop_ethernet_truncated",
+            Self::DropIpv4Truncated => "drop_ipv4_truncated",
+            Self::DropIpv4BadHeader => "drop_ipv4_bad_header",
+            Self::DropL4Truncated => "drop_l4_truncated",
+            Self::TranslatedRedirect => "translated_redirect",
+            Self::TranslatedPassNoNeighbour => "translated_pass_no_neighbour",
+            Self::TranslatedPassFragNeeded => "translated_pass_frag_needed",
+            Self::TranslatedPassTtlExceeded => "translated_pass_ttl_exceeded",
+            Self::TranslatedPassNotForwarded => "translated_pass_not_forwarded",
+            Self::TranslatedPassNoTxPort => "translated_pass_no_tx_port",
             Self::DropSpoofedEip => "drop_spoofed_eip",
             Self::DropSpoofedPrivate => "drop_spoofed_private",
-            Self::IcmpErrorTruncated => "drop_icmp_error_truncated",
-            Self::IcmpErrorInnerFragment => "drop_icmp_error_inner_fragment",
+            Self::DropIcmpErrorTruncated => "drop_icmp_error_truncated",
+            Self::DropIcmpErrorInnerFragment => "drop_icmp_error_inner_fragment",
             Self::DropPrivateDisabled => "drop_private_disabled",
             Self::DropEniDetached => "drop_eni_detached",
-            Self::RedirectedFib => "translated_redirect_fib",
+            Self::TranslatedRedirectFib => "translated_redirect_fib",
             Self::IcmpTimeExceededSent => "icmp_time_exceeded_sent",
             Self::IcmpFragNeededSent => "icmp_frag_needed_sent",
             Self::DropIcmpRateLimited => "drop_icmp_rate_limited",
@@ -161,7 +161,7 @@ impl Verdict {
     pub const fn action(self) -> u32 {
         if self.is_drop() {
             XDP_DROP
-        } else if matches!(self, Self::Redirected | Self::RedirectedFib) {
+        } else if matches!(self, Self::TranslatedRedirect | Self::TranslatedRedirectFib) {
             XDP_REDIRECT
         } else if matches!(self, Self::IcmpTimeExceededSent | Self::IcmpFragNeededSent) {
             XDP_TX
@@ -175,27 +175,27 @@ impl Verdict {
         matches!(
             self,
             Self::Translated
-                | Self::Redirected
-                | Self::RedirectedFib
-                | Self::FallbackNoNeighbour
-                | Self::FallbackFragNeeded
-                | Self::FallbackTtlExceeded
-                | Self::FallbackNotForwarded
-                | Self::FallbackNoTxPort
+                | Self::TranslatedRedirect
+                | Self::TranslatedRedirectFib
+                | Self::TranslatedPassNoNeighbour
+                | Self::TranslatedPassFragNeeded
+                | Self::TranslatedPassTtlExceeded
+                | Self::TranslatedPassNotForwarded
+                | Self::TranslatedPassNoTxPort
         )
     }
 
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Self::EthernetTruncated
-                | Self::Ipv4Truncated
-                | Self::Ipv4BadHeader
-                | Self::L4Truncated
+            Self::DropEthernetTruncated
+                | Self::DropIpv4Truncated
+                | Self::DropIpv4BadHeader
+                | Self::DropL4Truncated
                 | Self::DropSpoofedEip
                 | Self::DropSpoofedPrivate
-                | Self::IcmpErrorTruncated
-                | Self::IcmpErrorInnerFragment
+                | Self::DropIcmpErrorTruncated
+                | Self::DropIcmpErrorInnerFragment
                 | Self::DropPrivateDisabled
                 | Self::DropEniDetached
                 | Self::DropIcmpRateLimited
@@ -223,9 +223,31 @@ mod tests {
         assert_eq!(Verdict::from_code(Verdict::COUNT as u32), None);
         // Pinned codes: changing one breaks dashboards and saved stats.
         assert_eq!(Verdict::Translated as u32, 0);
-        assert_eq!(Verdict::L4Truncated as u32, 7);
-        assert_eq!(Verdict::FallbackNoTxPort as u32, 13);
+        assert_eq!(Verdict::DropL4Truncated as u32, 7);
+        assert_eq!(Verdict::TranslatedPassNoTxPort as u32, 13);
         assert_eq!(Verdict::DropSpoofedPrivate as u32, 15);
+    }
+
+    extern crate std;
+    use std::string::String;
+
+    /// `DropIpv4Truncated` → `drop_ipv4_truncated`.
+    fn snake(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    #[test]
+    fn variants_are_named_after_their_stable_names() {
+        for v in Verdict::ALL {
+            assert_eq!(snake(&std::format!("{v:?}")), v.name());
+        }
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn plan(
 ) -> Plan {
     if ip.ttl <= 1 {
         let fallback = if fast_path {
-            Verdict::FallbackTtlExceeded
+            Verdict::TranslatedPassTtlExceeded
         } else {
             Verdict::Translated
         };
@@ -134,7 +134,7 @@ pub fn plan(
             hop.slot() as i32,
             &hop.dmac,
             &hop.smac,
-            Verdict::Redirected,
+            Verdict::TranslatedRedirect,
         );
     }
     let fib = zero_in_place(fib);
@@ -156,22 +156,22 @@ pub fn plan(
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Plan::pass(Verdict::FallbackNoNeighbour),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Plan::pass(Verdict::TranslatedPassNoNeighbour),
         // SAFETY: on FRAG_NEEDED the helper wrote the MTU (bpf_ipv4_fib_lookup).
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             return too_big(df, unsafe { fib.__bindgen_anon_1.mtu_result })
         }
-        _ => return Plan::pass(Verdict::FallbackNotForwarded),
+        _ => return Plan::pass(Verdict::TranslatedPassNotForwarded),
     }
     if TX_PORTS.get(fib.ifindex).is_none() {
-        return Plan::pass(Verdict::FallbackNoTxPort);
+        return Plan::pass(Verdict::TranslatedPassNoTxPort);
     }
     Plan::hop(
         fib.ifindex,
         -1,
         &fib.dmac,
         &fib.smac,
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
     )
 }
 
@@ -180,9 +180,9 @@ pub fn plan(
 #[inline(always)]
 fn too_big(df: bool, mtu: u16) -> Plan {
     if df {
-        Plan::of(Fate::FragNeeded, Verdict::FallbackFragNeeded, mtu)
+        Plan::of(Fate::FragNeeded, Verdict::TranslatedPassFragNeeded, mtu)
     } else {
-        Plan::pass(Verdict::FallbackFragNeeded)
+        Plan::pass(Verdict::TranslatedPassFragNeeded)
     }
 }
 
@@ -229,7 +229,7 @@ fn emit(
     verdict: Verdict,
 ) -> Verdict {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Verdict::EthernetTruncated;
+        return Verdict::DropEthernetTruncated;
     };
     let sent = if slot >= 0 {
         TX_SLOTS.redirect(slot as u32, 0)
@@ -239,7 +239,7 @@ fn emit(
     if sent.is_err() {
         // Unreachable while the agent keeps the port, unless it removed
         // it in between.
-        return Verdict::FallbackNoTxPort;
+        return Verdict::TranslatedPassNoTxPort;
     }
     let check = u16::from_be_bytes(ip.check);
     ip.check = csum::decrement_ttl(check, ip.ttl, ip.proto).to_be_bytes();

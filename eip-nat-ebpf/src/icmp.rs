@@ -43,10 +43,10 @@ pub fn quoted_packet(ctx: &XdpContext, hlen: usize, tot_len: u16) -> Result<Quot
     let at = ETH_HLEN + hlen;
     // Within the datagram, not just the frame: link padding is not ICMP.
     if hlen + 4 > tot_len as usize {
-        return Err(Verdict::IcmpErrorTruncated);
+        return Err(Verdict::DropIcmpErrorTruncated);
     }
     let Some(head) = ptr_at::<[u8; 4]>(ctx, at) else {
-        return Err(Verdict::IcmpErrorTruncated);
+        return Err(Verdict::DropIcmpErrorTruncated);
     };
     // SAFETY: ptr_at checked the 4 bytes (type, code, checksum).
     if !is_error(unsafe { (*head)[0] }) {
@@ -54,18 +54,18 @@ pub fn quoted_packet(ctx: &XdpContext, hlen: usize, tot_len: u16) -> Result<Quot
     }
     // RFC 792: the quote is the IPv4 header and at least 8 bytes after it.
     let inner_at = at + 8;
-    let inner: *mut Ipv4Hdr = ptr_at(ctx, inner_at).ok_or(Verdict::IcmpErrorTruncated)?;
+    let inner: *mut Ipv4Hdr = ptr_at(ctx, inner_at).ok_or(Verdict::DropIcmpErrorTruncated)?;
     // SAFETY: ptr_at checked the fixed header.
     let (vihl, frags, proto) = unsafe { ((*inner).vihl, (*inner).frags, (*inner).proto) };
     let inner_hlen = ipv4::header_len(vihl);
     let quoted_end = hlen + 8 + inner_hlen + 8;
     if vihl >> 4 != 4 || inner_hlen < ipv4::MIN_HEADER_LEN || quoted_end > tot_len as usize {
-        return Err(Verdict::IcmpErrorTruncated);
+        return Err(Verdict::DropIcmpErrorTruncated);
     }
     // A later fragment carries no ports: the error cannot be matched to a
     // flow, and a NAT should not guess (RFC 5508 §4.2).
     if !ipv4::is_first_fragment(frags) {
-        return Err(Verdict::IcmpErrorInnerFragment);
+        return Err(Verdict::DropIcmpErrorInnerFragment);
     }
     // The quoted TCP/UDP checksum is fixed when it is in the quote (a full
     // TCP header, or any UDP one), and left alone when only the 8 bytes

@@ -24,17 +24,17 @@ pub struct Ipv4Packet {
 /// malformed one.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext) -> Result<Option<Ipv4Packet>, Verdict> {
-    let ether_type: *const [u8; 2] = ptr_at(ctx, 12).ok_or(Verdict::EthernetTruncated)?;
+    let ether_type: *const [u8; 2] = ptr_at(ctx, 12).ok_or(Verdict::DropEthernetTruncated)?;
     // SAFETY: ptr_at checked the bytes are inside the packet.
     if unsafe { *ether_type } != ETH_P_IP_BYTES {
         return Ok(None);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::Ipv4Truncated)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::DropIpv4Truncated)?;
     // SAFETY: ptr_at checked the whole fixed header is inside the packet.
     let (vihl, tot_len) = unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).tot_len)) };
     let hlen = ipv4::check_header(vihl, tot_len)?;
     if !holds(ctx, ETH_HLEN + tot_len as usize) {
-        return Err(Verdict::Ipv4Truncated);
+        return Err(Verdict::DropIpv4Truncated);
     }
     Ok(Some(Ipv4Packet { ip, hlen, tot_len }))
 }

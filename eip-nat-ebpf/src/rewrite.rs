@@ -29,9 +29,9 @@ pub fn l4_checksum(ctx: &XdpContext, p: &Ipv4Packet) -> Result<*mut [u8; 2], Ver
     };
     if p.hlen + off + 2 > p.tot_len as usize {
         debug!(ctx, "drop: L4 header cut short, proto {}", proto);
-        return Err(Verdict::L4Truncated);
+        return Err(Verdict::DropL4Truncated);
     }
-    ptr_at(ctx, ETH_HLEN + p.hlen + off).ok_or(Verdict::L4Truncated)
+    ptr_at(ctx, ETH_HLEN + p.hlen + off).ok_or(Verdict::DropL4Truncated)
 }
 
 /// Rewrites one address and patches the IPv4 and L4 checksums for it.

@@ -31,17 +31,17 @@ pub fn translate(
     fast_path: bool,
 ) -> Result<Verdict, Verdict> {
     if direction == Direction::Other {
-        return Ok(Verdict::UnknownInterface);
+        return Ok(Verdict::PassUnknownInterface);
     }
     let Some(packet) = parse::ipv4(ctx)? else {
-        return Ok(Verdict::NotIpv4);
+        return Ok(Verdict::PassNotIpv4);
     };
     // SAFETY: parse checked the whole header is inside the packet.
     let ip = unsafe { &mut *packet.ip };
 
     let rewrite = decide(direction, ip.src_addr, ip.dst_addr)?;
     if rewrite.src.is_none() && rewrite.dst.is_none() {
-        return Ok(Verdict::NoMapping);
+        return Ok(Verdict::PassNoMapping);
     }
     let l4_check = rewrite::l4_checksum(ctx, &packet)?;
     // An ICMP error quotes the packet it is about; that copy is translated

@@ -166,25 +166,25 @@ fn translate(
     counts: &mut Vec<(u32, bool, u16)>,
 ) -> Verdict {
     if direction == Direction::Other {
-        return Verdict::UnknownInterface;
+        return Verdict::PassUnknownInterface;
     }
     if f.len() < 14 {
-        return Verdict::EthernetTruncated;
+        return Verdict::DropEthernetTruncated;
     }
     if f[12..14] != [0x08, 0x00] {
-        return Verdict::NotIpv4;
+        return Verdict::PassNotIpv4;
     }
     if f.len() < 34 {
-        return Verdict::Ipv4Truncated;
+        return Verdict::DropIpv4Truncated;
     }
     let ip = 14;
     let hlen = ((f[ip] & 0x0f) as usize) * 4;
     let tot = be16(f, ip + 2) as usize;
     if f[ip] >> 4 != 4 || hlen < 20 || tot < hlen {
-        return Verdict::Ipv4BadHeader;
+        return Verdict::DropIpv4BadHeader;
     }
     if 14 + tot > f.len() {
-        return Verdict::Ipv4Truncated;
+        return Verdict::DropIpv4Truncated;
     }
     let (src, dst) = (addr_at(f, ip + 12), addr_at(f, ip + 16));
     let look = |a: [u8; 4]| {
@@ -234,7 +234,7 @@ fn translate(
         }
     }
     if new_src.is_none() && new_dst.is_none() {
-        return Verdict::NoMapping;
+        return Verdict::PassNoMapping;
     }
 
     let proto = f[ip + 9];
@@ -244,7 +244,7 @@ fn translate(
     if first {
         if let Some(off) = l4_offset(proto) {
             if hlen + off + 2 > tot {
-                return Verdict::L4Truncated;
+                return Verdict::DropL4Truncated;
             }
             l4_check = Some((l4 + off, proto == 17));
         }
@@ -253,19 +253,19 @@ fn translate(
     let mut quote = None;
     if proto == 1 && first {
         if hlen + 4 > tot {
-            return Verdict::IcmpErrorTruncated;
+            return Verdict::DropIcmpErrorTruncated;
         }
         if matches!(f[l4], 3 | 11 | 12) {
             let q = l4 + 8;
             if f.len() < q + 20 {
-                return Verdict::IcmpErrorTruncated;
+                return Verdict::DropIcmpErrorTruncated;
             }
             let qhlen = ((f[q] & 0x0f) as usize) * 4;
             if f[q] >> 4 != 4 || qhlen < 20 || hlen + 8 + qhlen + 8 > tot {
-                return Verdict::IcmpErrorTruncated;
+                return Verdict::DropIcmpErrorTruncated;
             }
             if !first_fragment(f, q) {
-                return Verdict::IcmpErrorInnerFragment;
+                return Verdict::DropIcmpErrorInnerFragment;
             }
             let q_l4 = l4_offset(f[q + 9])
                 .map(|off| (hlen + 8 + qhlen + off, f[q + 9] == 17))

@@ -136,7 +136,10 @@ impl Harness {
         let (action, out) = self.run(direction, input);
         let want_action = if verdict.is_drop() {
             XDP_DROP
-        } else if matches!(verdict, Verdict::Redirected | Verdict::RedirectedFib) {
+        } else if matches!(
+            verdict,
+            Verdict::TranslatedRedirect | Verdict::TranslatedRedirectFib
+        ) {
             XDP_REDIRECT
         } else {
             XDP_PASS
@@ -394,7 +397,7 @@ fn untranslatable_packets_pass_untouched() {
         ),
     ] {
         let f = p.frame();
-        h.untouched(name, dir, &f, Verdict::NoMapping);
+        h.untouched(name, dir, &f, Verdict::PassNoMapping);
     }
     // ARP request: not IPv4.
     let mut arp = ethernet([0xff; 6], MAC_A, 0x0806);
@@ -403,25 +406,30 @@ fn untranslatable_packets_pass_untouched() {
     arp.extend(INTERNET.octets());
     arp.extend([0; 6]);
     arp.extend(EIP.octets());
-    h.untouched("arp", Direction::Inbound, &arp, Verdict::NotIpv4);
+    h.untouched("arp", Direction::Inbound, &arp, Verdict::PassNotIpv4);
     // 802.1Q-tagged IPv4 to the EIP: passed untouched, by decision (the
     // "VLAN" note in docs/behaviour.md), not translated behind the tag.
     let mut tagged = ethernet(MAC_B, MAC_A, 0x8100);
     tagged.extend([0x00, 0x64, 0x08, 0x00]);
     tagged.extend(&udp(INTERNET, 1, EIP, 2, b"tagged", true).frame()[14..]);
-    h.untouched("vlan tagged", Direction::Inbound, &tagged, Verdict::NotIpv4);
+    h.untouched(
+        "vlan tagged",
+        Direction::Inbound,
+        &tagged,
+        Verdict::PassNotIpv4,
+    );
     // IPv6 to anything.
     let mut v6 = ethernet(MAC_B, MAC_A, 0x86dd);
     v6.extend([0x60, 0, 0, 0, 0, 8, 17, 64]);
     v6.extend([0u8; 40]);
-    h.untouched("ipv6", Direction::Inbound, &v6, Verdict::NotIpv4);
+    h.untouched("ipv6", Direction::Inbound, &v6, Verdict::PassNotIpv4);
     // A packet for the EIP on an interface with no role.
     let f = udp(INTERNET, 1, EIP, 2, b"x", true).frame();
     h.untouched(
         "unknown iface",
         Direction::Other,
         &f,
-        Verdict::UnknownInterface,
+        Verdict::PassUnknownInterface,
     );
 }
 
@@ -451,14 +459,14 @@ fn the_public_side_reaches_only_what_is_listed() {
         "listed",
         Direction::Inbound,
         &to(neighbour),
-        Verdict::NoMapping,
+        Verdict::PassNoMapping,
     );
     for control in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 18)] {
         h.untouched(
             "link control",
             Direction::Inbound,
             &to(control),
-            Verdict::NoMapping,
+            Verdict::PassNoMapping,
         );
     }
     // Unlisted again: the table follows the configuration.
@@ -473,7 +481,7 @@ fn the_public_side_reaches_only_what_is_listed() {
         "outbound, unlisted",
         Direction::Outbound,
         &udp(Ipv4Addr::new(10, 200, 0, 11), 1, OTHER, 2, b"out", true).frame(),
-        Verdict::NoMapping,
+        Verdict::PassNoMapping,
     );
 }
 
@@ -483,24 +491,24 @@ fn malformed_packets_are_dropped_with_their_reason() {
     let good = udp(INTERNET, 1, EIP, 2, b"0123456789", true).frame();
 
     let cut = &good[..14 + 10];
-    h.dropped("header cut", cut, Verdict::Ipv4Truncated);
+    h.dropped("header cut", cut, Verdict::DropIpv4Truncated);
 
     let mut long = good.clone();
     long[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len past the end
-    h.dropped("tot_len too long", &long, Verdict::Ipv4Truncated);
+    h.dropped("tot_len too long", &long, Verdict::DropIpv4Truncated);
 
     let mut ihl4 = good.clone();
     ihl4[14] = 0x44;
-    h.dropped("ihl 4", &ihl4, Verdict::Ipv4BadHeader);
+    h.dropped("ihl 4", &ihl4, Verdict::DropIpv4BadHeader);
 
     let mut v6hdr = good.clone();
     v6hdr[14] = 0x65;
-    h.dropped("version 6 in ipv4", &v6hdr, Verdict::Ipv4BadHeader);
+    h.dropped("version 6 in ipv4", &v6hdr, Verdict::DropIpv4BadHeader);
 
     let mut short_tot = good.clone();
     short_tot[14] = 0x46;
     short_tot[16..18].copy_from_slice(&22u16.to_be_bytes()); // < 24-byte header
-    h.dropped("tot_len < ihl", &short_tot, Verdict::Ipv4BadHeader);
+    h.dropped("tot_len < ihl", &short_tot, Verdict::DropIpv4BadHeader);
 
     // TCP to the EIP whose datagram ends inside the TCP header (before the
     // checksum): tiny first fragment.
@@ -509,7 +517,7 @@ fn malformed_packets_are_dropped_with_their_reason() {
     tiny.payload.truncate(12);
     tiny.frags = 0x2000;
     assert_eq!(tiny.proto, TCP);
-    h.dropped("tiny tcp fragment", &tiny.frame(), Verdict::L4Truncated);
+    h.dropped("tiny tcp fragment", &tiny.frame(), Verdict::DropL4Truncated);
 
     // The same lengths for an address the operator routes through still
     // pass as no-mapping: the L4 check is only needed where we would
@@ -523,7 +531,7 @@ fn malformed_packets_are_dropped_with_their_reason() {
         "tiny, no mapping",
         Direction::Inbound,
         &f,
-        Verdict::NoMapping,
+        Verdict::PassNoMapping,
     );
 }
 
@@ -538,7 +546,7 @@ fn disassociated_eip_is_no_way_in_and_the_private_ip_leaves_untranslated() {
         "after disassociate out",
         Direction::Outbound,
         &f,
-        Verdict::NoMapping,
+        Verdict::PassNoMapping,
     );
 }
 
@@ -698,7 +706,7 @@ fn fast_path_forwards_like_a_router() {
         "udp in",
         Direction::Inbound,
         &input,
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
 
@@ -710,7 +718,7 @@ fn fast_path_forwards_like_a_router() {
         "tcp out",
         Direction::Outbound,
         &input,
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
         &expected.frame_with(internet_mac, pub_mac),
     );
 
@@ -723,7 +731,7 @@ fn fast_path_forwards_like_a_router() {
         "echo in, ttl 2",
         Direction::Inbound,
         &input,
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
 }
@@ -769,7 +777,7 @@ fn programmed_next_hop_is_used_without_the_fib() {
         "programmed",
         Direction::Inbound,
         &input,
-        Verdict::Redirected,
+        Verdict::TranslatedRedirect,
         &expected.frame_with(dmac, smac),
     );
 
@@ -791,7 +799,7 @@ fn programmed_next_hop_is_used_without_the_fib() {
         "no port in the slot",
         Direction::Inbound,
         &input,
-        Verdict::FallbackNoTxPort,
+        Verdict::TranslatedPassNoTxPort,
         &udp(INTERNET, 40000, PRIVATE, 53, b"programmed", true).frame(),
     );
 
@@ -805,7 +813,7 @@ fn programmed_next_hop_is_used_without_the_fib() {
         "over the programmed MTU",
         Direction::Inbound,
         &big,
-        Verdict::FallbackFragNeeded,
+        Verdict::TranslatedPassFragNeeded,
         &translated.frame(),
     );
 
@@ -816,7 +824,7 @@ fn programmed_next_hop_is_used_without_the_fib() {
         "unusable: FIB",
         Direction::Inbound,
         &input,
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
 }
@@ -835,7 +843,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         "ttl 1",
         Direction::Inbound,
         &input,
-        Verdict::FallbackTtlExceeded,
+        Verdict::TranslatedPassTtlExceeded,
         &expected.frame(),
     );
 
@@ -854,7 +862,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         1,
         NO_NEIGH_IP,
         10,
-        Verdict::FallbackNoNeighbour,
+        Verdict::TranslatedPassNoNeighbour,
     );
     // 1300 bytes of IPv4 over a 1280-byte MTU; the kernel fragments it or,
     // with DF (set by the builder), sends ICMP fragmentation needed.
@@ -864,7 +872,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         2,
         SMALL_MTU_IP,
         1272,
-        Verdict::FallbackFragNeeded,
+        Verdict::TranslatedPassFragNeeded,
     );
     fallback(
         &mut h,
@@ -872,7 +880,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         3,
         NO_ROUTE_IP,
         10,
-        Verdict::FallbackNotForwarded,
+        Verdict::TranslatedPassNotForwarded,
     );
     fallback(
         &mut h,
@@ -880,7 +888,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         4,
         NO_TX_PORT_IP,
         10,
-        Verdict::FallbackNoTxPort,
+        Verdict::TranslatedPassNoTxPort,
     );
     // Exactly the MTU still takes the fast path, out of the small-MTU side.
     let eip = Ipv4Addr::new(203, 0, 113, 102);
@@ -893,7 +901,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
         "at the MTU",
         Direction::Inbound,
         &input.frame(),
-        Verdict::RedirectedFib,
+        Verdict::TranslatedRedirectFib,
         &expected.frame_with(c_neigh, c_mac),
         NONE,
     );
@@ -1195,13 +1203,17 @@ fn icmp_errors_that_cannot_be_translated_are_dropped() {
     h.dropped(
         "quote cut short",
         &short.frame(),
-        Verdict::IcmpErrorTruncated,
+        Verdict::DropIcmpErrorTruncated,
     );
     // Quote that is not IPv4.
     let mut not_v4 = sent.datagram();
     not_v4[0] = 0x65;
     let bad = icmp_error(ROUTER, EIP, 3, 3, [0; 4], &not_v4);
-    h.dropped("quote not ipv4", &bad.frame(), Verdict::IcmpErrorTruncated);
+    h.dropped(
+        "quote not ipv4",
+        &bad.frame(),
+        Verdict::DropIcmpErrorTruncated,
+    );
     // Quote of a later fragment: no ports to go by.
     let mut frag = sent.clone();
     frag.frags = 100;
@@ -1209,7 +1221,7 @@ fn icmp_errors_that_cannot_be_translated_are_dropped() {
     h.dropped(
         "quote is a later fragment",
         &err.frame(),
-        Verdict::IcmpErrorInnerFragment,
+        Verdict::DropIcmpErrorInnerFragment,
     );
     // An error about a packet from someone else: only the outer header is
     // translated.
@@ -1330,7 +1342,7 @@ fn multi_eip_travels_unchanged_and_the_private_ip_keeps_working() {
         "the ENI's private IP is not touched",
         Direction::Outbound,
         &from_private,
-        Verdict::NoMapping,
+        Verdict::PassNoMapping,
     );
 }
 
