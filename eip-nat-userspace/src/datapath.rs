@@ -30,6 +30,8 @@ pub const PROGRAM: &str = "eip_nat";
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
+    #[error("this build of eip-nat has no BPF object embedded (it was built without one): build it with `cargo xtask build`")]
+    NoObject,
     #[error("loading the BPF object failed (are you root, with bpffs and BTF available?)")]
     Load(#[source] EbpfError),
     #[error("the BPF object has no {0}; it does not match this agent")]
@@ -178,6 +180,9 @@ impl Datapath {
     /// Loads and verifies the program, with empty tables and no interfaces
     /// configured (every packet passes as `pass_unknown_interface`).
     pub fn load(opts: LoadOptions) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
         let level = opts.kernel_log_level as u8;
         let mut loader = EbpfLoader::new();
         loader

@@ -29,8 +29,14 @@ pub fn agent_binary() -> PathBuf {
 
 /// `cargo clippy -D warnings` on the eBPF crate, with Debian's clippy (the
 /// one that matches the rustc that builds it), from its own directory.
+const EBPF_CLIPPY: &str = "/usr/bin/cargo-clippy";
+
+pub fn has_ebpf_clippy() -> bool {
+    std::path::Path::new(EBPF_CLIPPY).exists()
+}
+
 pub fn ebpf_clippy() -> Command {
-    let mut c = Command::new("/usr/bin/cargo-clippy");
+    let mut c = Command::new(EBPF_CLIPPY);
     c.args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
         .current_dir(root().join("eip-nat-ebpf"));
     for var in HOST_ONLY_ENV {

@@ -25,9 +25,14 @@ enum Command {
     Bootstrap,
     /// Bootstrap, then build the BPF object and `target/release/eip-nat`.
     Build,
-    /// Build, then run every test layer: lints, host unit tests,
-    /// BPF_PROG_TEST_RUN datapath tests, netns integration tests.
-    Test,
+    /// Build, then run both lanes: the unprivileged one (lints, host unit
+    /// and property tests) and, as root, the privileged one
+    /// (BPF_PROG_TEST_RUN datapath tests, netns integration tests).
+    Test {
+        /// The unprivileged lane only: no root, no BPF toolchain, no build.
+        #[arg(long)]
+        unprivileged: bool,
+    },
     /// Build, then show translation on a small namespace topology.
     Demo,
     /// Build, then run N random and mutated packets through the loaded
@@ -61,10 +66,13 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             build::all()
         }
-        Command::Test => {
+        Command::Test { unprivileged: true } => test::run(test::Lanes::Unprivileged),
+        Command::Test {
+            unprivileged: false,
+        } => {
             bootstrap::run()?;
             build::all()?;
-            test::run()
+            test::run(test::Lanes::All)
         }
         Command::Demo => {
             bootstrap::run()?;
