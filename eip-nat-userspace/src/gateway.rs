@@ -117,28 +117,34 @@ fn same_route(listed: &Location, desired: &Location) -> bool {
     listed.via == desired.via && (desired.dev.is_none() || listed.dev == desired.dev)
 }
 
-impl Gateway {
-    /// Loads the desired state from `store` and makes the datapath (and
-    /// routes) match it, touching only what differs: pinned maps that a
-    /// previous agent filled keep serving packets throughout.
-    pub fn open(
-        store: Store,
-        datapath: Datapath,
-        routes: Option<Routes>,
-        limits: Limits,
-    ) -> Result<(Self, Reconciled), GatewayError> {
-        let (state, generation) = store.load(limits)?;
-        // A new (or lost) store must not wipe a datapath that is serving:
-        // that is an operator's decision, not a side effect of a restart.
-        if generation == 0 {
-            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
-                generation,
-                source: Box::new(e.into()),
-            })?;
-            if !serving.is_empty() {
-                return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
-            }
-        }
+/// A desired state loaded and checked against the datapath it is to take
+/// over ([`Gateway::prepare`]); nothing live has changed yet.
+pub struct Opening {
+    state: State,
+    generation: u64,
+    store: Store,
+    datapath: Datapath,
+    routes: Option<Routes>,
+}
+
+impl Opening {
+    /// The datapath, to configure (interfaces, options) once the checks
+    /// have passed and before the reconcile.
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
+    /// Makes the datapath and routes match the desired state, touching only
+    /// what differs: pinned maps that a previous agent filled keep serving
+    /// packets throughout.
+    pub fn open(self) -> Result<(Gateway, Reconciled), GatewayError> {
+        let Self {
+            state,
+            generation,
+            store,
+            datapath,
+            routes,
+        } = self;
         let nexthops = match &routes {
             Some(_) => {
                 let ports = datapath.tx_ports().map_err(|e| GatewayError::Datapath {
@@ -154,7 +160,7 @@ impl Gateway {
             }
             None => None,
         };
-        let mut gw = Self {
+        let mut gw = Gateway {
             state,
             generation,
             applied: 0,
@@ -169,6 +175,49 @@ impl Gateway {
             source: Box::new(source),
         })?;
         Ok((gw, report))
+    }
+}
+
+impl Gateway {
+    /// Loads the desired state from `store` and makes the datapath (and
+    /// routes) match it: [`Gateway::prepare`], then [`Opening::open`].
+    pub fn open(
+        store: Store,
+        datapath: Datapath,
+        routes: Option<Routes>,
+        limits: Limits,
+    ) -> Result<(Self, Reconciled), GatewayError> {
+        Self::prepare(store, datapath, routes, limits)?.open()
+    }
+
+    /// Loads the desired state from `store` and checks that it may take
+    /// over `datapath`, changing nothing: an agent that is refused here
+    /// leaves the gateway that is serving as it was.
+    pub fn prepare(
+        store: Store,
+        datapath: Datapath,
+        routes: Option<Routes>,
+        limits: Limits,
+    ) -> Result<Opening, GatewayError> {
+        let (state, generation) = store.load(limits)?;
+        // A new (or lost) store must not wipe a datapath that is serving:
+        // that is an operator's decision, not a side effect of a restart.
+        if generation == 0 {
+            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
+                generation,
+                source: Box::new(e.into()),
+            })?;
+            if !serving.is_empty() {
+                return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
+            }
+        }
+        Ok(Opening {
+            state,
+            generation,
+            store,
+            datapath,
+            routes,
+        })
     }
 
     /// A gateway whose state lives in memory and that leaves the routing
