@@ -287,6 +287,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         report.routes_written,
         report.routes_removed
     );
+    if report.routes_conflicting > 0 {
+        log::warn!(
+            "{} routes left to their owners: another's route to the same address is in place",
+            report.routes_conflicting
+        );
+    }
     let gateway = Arc::new(Mutex::new(gateway));
     let _monitor = monitor.follow(Arc::clone(&gateway));
     // Attach last: by now the maps hold the whole desired state, so the

@@ -16,7 +16,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
-    routes::{host_route, RouteError, Routes},
+    routes::{host_route, ForeignRoute, RouteError, Routes},
     store::{Store, StoreError},
 };
 
@@ -27,11 +27,15 @@ pub enum GatewayError {
     #[error("event {index} of the batch was refused: {error}")]
     RefusedInBatch {
         index: usize,
-        /// A `Refused` or a `BadLocation`.
+        /// A `Refused`, a `BadLocation` or a `RouteConflict`.
         error: Box<GatewayError>,
     },
     #[error("the ENI's location cannot be used on this gateway: {0}")]
     BadLocation(String),
+    #[error("the change needs a host route that would replace another's: {0}")]
+    RouteConflict(ForeignRoute),
+    #[error("reading the gateway's routes failed; nothing changed")]
+    Routes(#[source] Box<RouteError>),
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
     Stale { expected: u64, current: u64 },
     #[error("the state store is new, but the pinned datapath holds {0} entries from an earlier agent; refusing to clear them: restore the state directory, or run `eip-nat teardown` to start from nothing")]
@@ -59,6 +63,7 @@ impl GatewayError {
             Self::Refused(e) => Some(e.code()),
             Self::RefusedInBatch { error, .. } => error.rule(),
             Self::BadLocation(_) => Some("unusable_location"),
+            Self::RouteConflict(_) => Some("route_conflict"),
             _ => None,
         }
     }
@@ -81,6 +86,8 @@ pub struct Reconciled {
     pub entries_removed: usize,
     pub routes_written: usize,
     pub routes_removed: usize,
+    /// Routes not written because another's route is in their place.
+    pub routes_conflicting: usize,
 }
 
 pub struct Gateway {
@@ -115,6 +122,20 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// kernel always reports the interface, even when only a next hop was given.
 fn same_route(listed: &Location, desired: &Location) -> bool {
     listed.via == desired.via && (desired.dev.is_none() || listed.dev == desired.dev)
+}
+
+/// Sets our route to `addr`; false, with a warning, if another's route is
+/// in its place (it appeared after the event was checked, or while no
+/// agent ran): that route stays, and the address's traffic follows it.
+fn set_route(routes: &mut Routes, addr: Ipv4Addr, location: &Location) -> Result<bool, RouteError> {
+    match routes.set(addr, location) {
+        Ok(()) => Ok(true),
+        Err(RouteError::Conflict(f)) => {
+            log::warn!("{f}: traffic to {addr} follows it, not the ENI's location ({location})");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A desired state loaded and checked against the datapath it is to take
@@ -237,13 +258,17 @@ impl Gateway {
                 routes.delete(*addr)?;
                 r.routes_removed += 1;
             }
+            self.routed.clear();
             for (addr, location) in &desired {
-                if !current.get(addr).is_some_and(|l| same_route(l, location)) {
-                    routes.replace(*addr, location)?;
+                if current.get(addr).is_some_and(|l| same_route(l, location)) {
+                    self.routed.insert(*addr);
+                } else if set_route(routes, *addr, location)? {
+                    self.routed.insert(*addr);
                     r.routes_written += 1;
+                } else {
+                    r.routes_conflicting += 1;
                 }
             }
-            self.routed = desired.into_keys().collect();
         }
         if let Some(nh) = &mut self.nexthops {
             // The view was read when the next hops were loaded, and follows
@@ -335,9 +360,14 @@ impl Gateway {
 
     /// Applies one event: checked, recorded, then in the datapath.
     pub fn apply(&mut self, event: &Event) -> Result<Generation, GatewayError> {
-        self.check_host(event)?;
-        let touched = self.state.apply(event)?;
-        self.commit(touched)
+        let mut journal = Journal::new(&self.state);
+        match self.admit(&mut journal, event) {
+            Ok(touched) => self.commit(touched),
+            Err(e) => {
+                self.state.undo(journal);
+                Err(e)
+            }
+        }
     }
 
     /// Applies `events` all or nothing, as one generation.
@@ -357,23 +387,52 @@ impl Gateway {
         let mut journal = Journal::new(&self.state);
         let mut touched = Touched::default();
         for (index, event) in events.iter().enumerate() {
-            let in_batch = |error| GatewayError::RefusedInBatch {
-                index,
-                error: Box::new(error),
-            };
-            journal.save(&self.state, event);
-            let applied = self
-                .check_host(event)
-                .and_then(|()| self.state.apply(event).map_err(Into::into));
-            match applied {
+            match self.admit(&mut journal, event) {
                 Ok(t) => touched.merge(t),
                 Err(e) => {
                     self.state.undo(journal);
-                    return Err(in_batch(e));
+                    return Err(match e {
+                        GatewayError::Routes(_) => e,
+                        e => GatewayError::RefusedInBatch {
+                            index,
+                            error: Box::new(e),
+                        },
+                    });
                 }
             }
         }
         self.commit(touched)
+    }
+
+    /// Applies `event` to the model, saving in `journal` what it changes,
+    /// if the host can carry it: on an error the caller undoes the journal.
+    fn admit(&mut self, journal: &mut Journal, event: &Event) -> Result<Touched, GatewayError> {
+        journal.save(&self.state, event);
+        self.check_host(event)?;
+        let touched = self.state.apply(event)?;
+        self.check_routes(&touched)?;
+        Ok(touched)
+    }
+
+    /// A route the change needs must not take the place of another's (an
+    /// operator's `/32`, say): refused before anything is recorded. Routes
+    /// the agent already has are its own, and cost no lookup.
+    fn check_routes(&mut self, touched: &Touched) -> Result<(), GatewayError> {
+        let Some(routes) = &mut self.routes else {
+            return Ok(());
+        };
+        for addr in &touched.addresses {
+            if self.routed.contains(addr) || tables::route_for(&self.state, *addr).is_none() {
+                continue;
+            }
+            let foreign = routes
+                .foreign(*addr)
+                .map_err(|e| GatewayError::Routes(Box::new(e)))?;
+            if let Some(f) = foreign {
+                return Err(GatewayError::RouteConflict(f));
+            }
+        }
+        Ok(())
     }
 
     fn commit(&mut self, touched: Touched) -> Result<Generation, GatewayError> {
@@ -419,7 +478,10 @@ impl Gateway {
             };
             match tables::route_for(&self.state, *addr) {
                 Some(location) => {
-                    routes.replace(*addr, &location)?;
+                    if !set_route(routes, *addr, &location)? {
+                        self.routed.remove(addr);
+                        continue;
+                    }
                     self.routed.insert(*addr);
                     if let Some(nh) = &mut self.nexthops {
                         rebind.extend(nh.refresh_host_route(&mut self.datapath, *addr)?);

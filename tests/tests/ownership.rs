@@ -1,5 +1,6 @@
 //! What the agent may change, in network namespaces with real agents: an
-//! agent that refuses to start leaves the live gateway as it was.
+//! agent that refuses to start leaves the live gateway as it was, and the
+//! agent never replaces a host route that is not its own.
 
 use std::{
     collections::BTreeSet,
@@ -9,6 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use eip_nat::{
+    api::Batch,
+    model::{EniKind, Event, Location, Mode},
+};
 use eip_nat_common::{
     maps::{CONFIG, TX_PORTS},
     Config,
@@ -215,4 +220,165 @@ fn a_refused_agent_leaves_the_live_gateway_as_it_was() {
         assert_fast_path_serves(&t, &agent, 20);
     }
     assert!(agent.client().generation().is_ok(), "the live agent serves");
+}
+
+/// The gateway's route to `addr/32`, as `ip route` shows it.
+fn route_to(ns: &str, addr: Ipv4Addr) -> String {
+    ns_output(ns, &["ip", "route", "show", &format!("{addr}/32")])
+}
+
+/// `ip route add|replace` (`verb`) of the operator's static route to
+/// `addr/32` via the instance, on the gateway; returns how it shows.
+fn operator_route(t: &Topology, verb: &str, addr: Ipv4Addr) -> String {
+    let gw = &t.gw_public.ns;
+    let (dst, via) = (format!("{addr}/32"), t.instance.addr.to_string());
+    ns_sh(
+        gw,
+        &["ip", "route", verb, &dst, "via", &via, "proto", "static"],
+    );
+    let theirs = route_to(gw, addr);
+    assert!(theirs.contains("proto static"), "{theirs}");
+    theirs
+}
+
+/// A secondary ENI for `floating`, attached to instance `i-0` (the
+/// topology's instance, with its primary ENI) at the instance's address.
+fn floating_eni(t: &Topology, floating: Ipv4Addr) -> Vec<Event> {
+    vec![
+        Event::CreateEni {
+            eni: "eni-p".into(),
+            kind: EniKind::Primary,
+            primary_ip: t.instance.addr,
+            instance: Some("i-0".into()),
+            location: Location::default(),
+        },
+        Event::CreateEni {
+            eni: "eni-f".into(),
+            kind: EniKind::Secondary,
+            primary_ip: floating,
+            instance: None,
+            location: Location::default(),
+        },
+        Event::AttachEni {
+            eni: "eni-f".into(),
+            instance: "i-0".into(),
+            location: Location {
+                via: Some(t.instance.addr),
+                dev: None,
+            },
+        },
+    ]
+}
+
+fn associate(eip: Ipv4Addr) -> Event {
+    Event::Associate {
+        eip,
+        eni: "eni-f".into(),
+        private_ip: None,
+        mode: Mode::Nat,
+    }
+}
+
+#[test]
+fn an_event_that_needs_an_operators_route_is_refused() {
+    require_root();
+    let t = Topology::new();
+    let gw = &t.gw_public.ns;
+    let floating = Ipv4Addr::new(10, 200, 1, 5);
+    // The operator's route to the address an association would route.
+    let theirs = operator_route(&t, "add", floating);
+    let via = t.instance.addr.to_string();
+
+    let agent = Agent::on(&t, &[]);
+    let api = agent.client();
+    api.batch(&Batch {
+        events: floating_eni(&t, floating),
+        if_generation: None,
+    })
+    .unwrap();
+    let generation = api.generation().unwrap();
+    let e = api.event(&associate(t.eip)).unwrap_err();
+    let err = e.api().unwrap();
+    assert_eq!(err.rule.as_deref(), Some("route_conflict"), "{err:?}");
+    for says in ["10.200.1.5/32", "proto static", &format!("via {via}")] {
+        assert!(err.message.contains(says), "{says}: {err:?}");
+    }
+    assert!(matches!(
+        e,
+        eip_nat::client::ClientError::Api { status: 409, .. }
+    ));
+    // In a batch, the event that needs it is named, and nothing is taken.
+    let other_eip = Ipv4Addr::new(203, 0, 113, 11);
+    let nat_primary = Event::Associate {
+        eip: other_eip,
+        eni: "eni-p".into(),
+        private_ip: None,
+        mode: Mode::Nat,
+    };
+    let e = api
+        .batch(&Batch {
+            events: vec![nat_primary, associate(t.eip)],
+            if_generation: None,
+        })
+        .unwrap_err();
+    let err = e.api().unwrap();
+    assert_eq!(
+        (err.rule.as_deref(), err.index),
+        (Some("route_conflict"), Some(1)),
+        "{err:?}"
+    );
+    // Nothing changed: no generation, no association, the operator's route.
+    assert_eq!(api.generation().unwrap(), generation);
+    assert!(api.state().unwrap().associations.is_empty());
+    assert_eq!(route_to(gw, floating), theirs);
+    let ours = ns_output(gw, &["ip", "route", "show", "proto", "234"]);
+    assert!(ours.is_empty(), "{ours}");
+}
+
+#[test]
+fn a_restarted_agent_leaves_an_operators_route_in_place() {
+    require_root();
+    let t = Topology::new();
+    let gw = &t.gw_public.ns;
+    let floating = Ipv4Addr::new(10, 200, 1, 5);
+    let home = AgentHome::new(gw);
+    let agent = Agent::on_in(&home, &t, &[]);
+    let mut events = floating_eni(&t, floating);
+    events.push(associate(t.eip));
+    agent
+        .client()
+        .batch(&Batch {
+            events,
+            if_generation: None,
+        })
+        .unwrap();
+    assert!(route_to(gw, floating).contains("proto 234"));
+    assert!(agent.stop().success());
+
+    // While no agent runs, the operator takes the route over.
+    let theirs = operator_route(&t, "replace", floating);
+
+    // The next agent reports the conflict and leaves the route alone.
+    let agent = Agent::on_in(&home, &t, &["--detach-on-exit"]);
+    let log = agent.log_text();
+    assert!(
+        log.contains("not the agent's (proto static") && log.contains("routes left"),
+        "{log}"
+    );
+    assert_eq!(route_to(gw, floating), theirs);
+    // Neither disassociating nor detaching removes it, and associating
+    // again is refused.
+    let api = agent.client();
+    api.event(&Event::Disassociate { eip: t.eip }).unwrap();
+    assert_eq!(route_to(gw, floating), theirs);
+    let e = api.event(&associate(t.eip)).unwrap_err();
+    assert_eq!(e.api().unwrap().rule.as_deref(), Some("route_conflict"));
+    api.event(&Event::DetachEni {
+        eni: "eni-f".into(),
+    })
+    .unwrap();
+    assert_eq!(route_to(gw, floating), theirs);
+    // Nor does the agent's own teardown.
+    assert!(agent.stop().success());
+    assert_eq!(route_to(gw, floating), theirs);
 }
