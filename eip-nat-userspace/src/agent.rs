@@ -170,7 +170,36 @@ fn spawn_logger(datapath: &mut Datapath) {
     }
 }
 
+/// The API's Unix socket, removed when the agent stops (or fails to start)
+/// after binding it.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Reads the TCP listener's token, which must be long enough to guess at.
+fn read_token(token_file: &Path) -> Result<String> {
+    let token = fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        bail!(
+            "the token in {} is shorter than 16 bytes",
+            token_file.display()
+        );
+    }
+    Ok(token)
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
+    // Everything that can refuse the start is checked first: an agent that
+    // refuses (another agent's socket, a new store over a serving datapath,
+    // a missing interface, a bad token) leaves the running gateway, its
+    // pinned maps, links and routes, exactly as it was.
     let ifindex = |name: &str| {
         routes::ifindex(name).with_context(|| format!("interface {name} does not exist"))
     };
@@ -179,29 +208,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for problem in sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if) {
         log::warn!("{problem}");
     }
-    bpffs_dir(&cfg.bpffs_dir)?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    let store = Store::open(&cfg.state_dir)?;
-
-    let mut datapath = Datapath::load(LoadOptions {
-        max_associations: cfg.limits.max_associations,
-        kernel_log_level: log::max_level(),
-        pin_maps: Some(maps_dir(&cfg.bpffs_dir)),
-    })?;
-    // Keep the generation a previous agent recorded until the reconcile
-    // below has made it true for this one.
-    let previous = datapath.config()?;
-    datapath.set_config(Config {
-        public_ifindex: public,
-        private_ifindex: private,
-        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
-        reserved: 0,
-        generation: previous.generation,
-    })?;
     // The gateway's own ICMP errors (time exceeded, fragmentation needed)
     // are built by the datapath from the untranslated packet, from the
     // gateway's address on the side they go back to.
@@ -214,22 +220,62 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
     };
-    datapath.set_icmp_config(IcmpConfig {
+    let icmp = IcmpConfig {
         public_addr: source(public, &cfg.public_if)?,
         private_addr: source(private, &cfg.private_if)?,
         interval_ns: 1_000_000_000 / ICMP_ERRORS_PER_SEC,
         burst_ns: 1_000_000_000 / ICMP_ERRORS_PER_SEC * ICMP_ERRORS_BURST,
+    };
+    let listener = bind(&cfg.socket)?;
+    let socket_file = SocketFile(cfg.socket.clone());
+    let tcp_listener = match (cfg.tcp_listen, &cfg.token_file) {
+        (Some(addr), Some(token_file)) => {
+            let token = read_token(token_file)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            Some((addr, listener, token))
+        }
+        _ => None,
+    };
+    bpffs_dir(&cfg.bpffs_dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let store = Store::open(&cfg.state_dir)?;
+    // Opens the pinned maps (creating them if there are none), writes none.
+    let datapath = Datapath::load(LoadOptions {
+        max_associations: cfg.limits.max_associations,
+        kernel_log_level: log::max_level(),
+        pin_maps: Some(maps_dir(&cfg.bpffs_dir)),
     })?;
+    let routes = Routes::open()?;
+    // Subscribed before the tables are read, so no change falls between.
+    let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
+    let mut opening = Gateway::prepare(store, datapath, Some(routes), cfg.limits)?;
+
+    // Checked: from here on the agent changes the live gateway.
+    let datapath = opening.datapath_mut();
+    // Keep the generation a previous agent recorded until the reconcile
+    // has made it true for this one.
+    let previous = datapath.config()?;
+    datapath.set_config(Config {
+        public_ifindex: public,
+        private_ifindex: private,
+        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
+        reserved: 0,
+        generation: previous.generation,
+    })?;
+    datapath.set_icmp_config(icmp)?;
     // The fast path forwards between the two interfaces only; anything
     // routed elsewhere falls back to the kernel.
     for ifindex in [public, private] {
         datapath.add_tx_port(ifindex)?;
     }
-    spawn_logger(&mut datapath);
-
-    // Subscribed before the tables are read, so no change falls between.
-    let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
-    let (mut gateway, report) = Gateway::open(store, datapath, Some(Routes::open()?), cfg.limits)?;
+    spawn_logger(datapath);
+    let (mut gateway, report) = opening.open()?;
     // Before the program is attached: the public side reaches nothing but
     // the EIPs and what this lists.
     gateway.set_routed_prefixes(cfg.routed_prefixes.clone())?;
@@ -244,6 +290,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         report.routes_written,
         report.routes_removed
     );
+    if report.routes_conflicting > 0 {
+        log::warn!(
+            "{} routes left to their owners: another's route to the same address is in place",
+            report.routes_conflicting
+        );
+    }
     let gateway = Arc::new(Mutex::new(gateway));
     let _monitor = monitor.follow(Arc::clone(&gateway));
     // Attach last: by now the maps hold the whole desired state, so the
@@ -271,7 +323,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         log::info!("fast path off: translated packets are passed to the kernel to route");
     }
 
-    let listener = bind(&cfg.socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -282,31 +333,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .into_future(),
     );
     log::info!("serving the API on {}", cfg.socket.display());
-    let tcp = match (cfg.tcp_listen, &cfg.token_file) {
-        (Some(addr), Some(token_file)) => {
-            let token = fs::read_to_string(token_file)
-                .with_context(|| format!("reading {}", token_file.display()))?
-                .trim()
-                .to_string();
-            if token.len() < 16 {
-                bail!(
-                    "the token in {} is shorter than 16 bytes",
-                    token_file.display()
-                );
-            }
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            log::info!("serving the API on tcp://{addr} (token required)");
-            let router = server::router_with_token(Arc::clone(&gateway), Arc::new(token));
-            Some(tokio::spawn(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            ))
-        }
-        _ => None,
-    };
+    let tcp = tcp_listener.map(|(addr, listener, token)| {
+        log::info!("serving the API on tcp://{addr} (token required)");
+        let router = server::router_with_token(Arc::clone(&gateway), Arc::new(token));
+        tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        )
+    });
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -319,7 +354,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if let Some(tcp) = tcp {
         let _ = tcp.await;
     }
-    let _ = fs::remove_file(&cfg.socket);
+    drop(socket_file);
     // Dropping the gateway closes this process's descriptors; the pinned
     // links and maps keep the datapath running without it.
     drop(gateway);

@@ -18,7 +18,7 @@ use crate::{
     model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
     public_access,
-    routes::{host_route, RouteError, Routes},
+    routes::{host_route, ForeignRoute, RouteError, Routes},
     store::{Store, StoreError},
 };
 
@@ -29,11 +29,15 @@ pub enum GatewayError {
     #[error("event {index} of the batch was refused: {error}")]
     RefusedInBatch {
         index: usize,
-        /// A `Refused` or a `BadLocation`.
+        /// A `Refused`, a `BadLocation` or a `RouteConflict`.
         error: Box<GatewayError>,
     },
     #[error("the ENI's location cannot be used on this gateway: {0}")]
     BadLocation(String),
+    #[error("the change needs a host route that would replace another's: {0}")]
+    RouteConflict(ForeignRoute),
+    #[error("reading the gateway's routes failed; nothing changed")]
+    Routes(#[source] Box<RouteError>),
     #[error("the generation is {current}, not {expected}: the state changed since it was read")]
     Stale { expected: u64, current: u64 },
     #[error("the state store is new, but the pinned datapath holds {0} entries from an earlier agent; refusing to clear them: restore the state directory, or run `eip-nat teardown` to start from nothing")]
@@ -61,6 +65,7 @@ impl GatewayError {
             Self::Refused(e) => Some(e.code()),
             Self::RefusedInBatch { error, .. } => error.rule(),
             Self::BadLocation(_) => Some("unusable_location"),
+            Self::RouteConflict(_) => Some("route_conflict"),
             _ => None,
         }
     }
@@ -83,6 +88,8 @@ pub struct Reconciled {
     pub entries_removed: usize,
     pub routes_written: usize,
     pub routes_removed: usize,
+    /// Routes not written because another's route is in their place.
+    pub routes_conflicting: usize,
 }
 
 pub struct Gateway {
@@ -124,28 +131,48 @@ fn same_route(listed: &Location, desired: &Location) -> bool {
     listed.via == desired.via && (desired.dev.is_none() || listed.dev == desired.dev)
 }
 
-impl Gateway {
-    /// Loads the desired state from `store` and makes the datapath (and
-    /// routes) match it, touching only what differs: pinned maps that a
-    /// previous agent filled keep serving packets throughout.
-    pub fn open(
-        store: Store,
-        datapath: Datapath,
-        routes: Option<Routes>,
-        limits: Limits,
-    ) -> Result<(Self, Reconciled), GatewayError> {
-        let (state, generation) = store.load(limits)?;
-        // A new (or lost) store must not wipe a datapath that is serving:
-        // that is an operator's decision, not a side effect of a restart.
-        if generation == 0 {
-            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
-                generation,
-                source: Box::new(e.into()),
-            })?;
-            if !serving.is_empty() {
-                return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
-            }
+/// Sets our route to `addr`; false, with a warning, if another's route is
+/// in its place (it appeared after the event was checked, or while no
+/// agent ran): that route stays, and the address's traffic follows it.
+fn set_route(routes: &mut Routes, addr: Ipv4Addr, location: &Location) -> Result<bool, RouteError> {
+    match routes.set(addr, location) {
+        Ok(()) => Ok(true),
+        Err(RouteError::Conflict(f)) => {
+            log::warn!("{f}: traffic to {addr} follows it, not the ENI's location ({location})");
+            Ok(false)
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// A desired state loaded and checked against the datapath it is to take
+/// over ([`Gateway::prepare`]); nothing live has changed yet.
+pub struct Opening {
+    state: State,
+    generation: u64,
+    store: Store,
+    datapath: Datapath,
+    routes: Option<Routes>,
+}
+
+impl Opening {
+    /// The datapath, to configure (interfaces, options) once the checks
+    /// have passed and before the reconcile.
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
+    /// Makes the datapath and routes match the desired state, touching only
+    /// what differs: pinned maps that a previous agent filled keep serving
+    /// packets throughout.
+    pub fn open(self) -> Result<(Gateway, Reconciled), GatewayError> {
+        let Self {
+            state,
+            generation,
+            store,
+            datapath,
+            routes,
+        } = self;
         let nexthops = match &routes {
             Some(_) => {
                 let ports = datapath.tx_ports().map_err(|e| GatewayError::Datapath {
@@ -161,7 +188,7 @@ impl Gateway {
             }
             None => None,
         };
-        let mut gw = Self {
+        let mut gw = Gateway {
             state,
             generation,
             applied: 0,
@@ -178,6 +205,49 @@ impl Gateway {
             source: Box::new(source),
         })?;
         Ok((gw, report))
+    }
+}
+
+impl Gateway {
+    /// Loads the desired state from `store` and makes the datapath (and
+    /// routes) match it: [`Gateway::prepare`], then [`Opening::open`].
+    pub fn open(
+        store: Store,
+        datapath: Datapath,
+        routes: Option<Routes>,
+        limits: Limits,
+    ) -> Result<(Self, Reconciled), GatewayError> {
+        Self::prepare(store, datapath, routes, limits)?.open()
+    }
+
+    /// Loads the desired state from `store` and checks that it may take
+    /// over `datapath`, changing nothing: an agent that is refused here
+    /// leaves the gateway that is serving as it was.
+    pub fn prepare(
+        store: Store,
+        datapath: Datapath,
+        routes: Option<Routes>,
+        limits: Limits,
+    ) -> Result<Opening, GatewayError> {
+        let (state, generation) = store.load(limits)?;
+        // A new (or lost) store must not wipe a datapath that is serving:
+        // that is an operator's decision, not a side effect of a restart.
+        if generation == 0 {
+            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
+                generation,
+                source: Box::new(e.into()),
+            })?;
+            if !serving.is_empty() {
+                return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
+            }
+        }
+        Ok(Opening {
+            state,
+            generation,
+            store,
+            datapath,
+            routes,
+        })
     }
 
     /// A gateway whose state lives in memory and that leaves the routing
@@ -197,13 +267,17 @@ impl Gateway {
                 routes.delete(*addr)?;
                 r.routes_removed += 1;
             }
+            self.routed.clear();
             for (addr, location) in &desired {
-                if !current.get(addr).is_some_and(|l| same_route(l, location)) {
-                    routes.replace(*addr, location)?;
+                if current.get(addr).is_some_and(|l| same_route(l, location)) {
+                    self.routed.insert(*addr);
+                } else if set_route(routes, *addr, location)? {
+                    self.routed.insert(*addr);
                     r.routes_written += 1;
+                } else {
+                    r.routes_conflicting += 1;
                 }
             }
-            self.routed = desired.into_keys().collect();
         }
         if let Some(nh) = &mut self.nexthops {
             // The view was read when the next hops were loaded, and follows
@@ -295,9 +369,14 @@ impl Gateway {
 
     /// Applies one event: checked, recorded, then in the datapath.
     pub fn apply(&mut self, event: &Event) -> Result<Generation, GatewayError> {
-        self.check_host(event)?;
-        let touched = self.state.apply(event)?;
-        self.commit(touched)
+        let mut journal = Journal::new(&self.state);
+        match self.admit(&mut journal, event) {
+            Ok(touched) => self.commit(touched),
+            Err(e) => {
+                self.state.undo(journal);
+                Err(e)
+            }
+        }
     }
 
     /// Applies `events` all or nothing, as one generation.
@@ -317,23 +396,52 @@ impl Gateway {
         let mut journal = Journal::new(&self.state);
         let mut touched = Touched::default();
         for (index, event) in events.iter().enumerate() {
-            let in_batch = |error| GatewayError::RefusedInBatch {
-                index,
-                error: Box::new(error),
-            };
-            journal.save(&self.state, event);
-            let applied = self
-                .check_host(event)
-                .and_then(|()| self.state.apply(event).map_err(Into::into));
-            match applied {
+            match self.admit(&mut journal, event) {
                 Ok(t) => touched.merge(t),
                 Err(e) => {
                     self.state.undo(journal);
-                    return Err(in_batch(e));
+                    return Err(match e {
+                        GatewayError::Routes(_) => e,
+                        e => GatewayError::RefusedInBatch {
+                            index,
+                            error: Box::new(e),
+                        },
+                    });
                 }
             }
         }
         self.commit(touched)
+    }
+
+    /// Applies `event` to the model, saving in `journal` what it changes,
+    /// if the host can carry it: on an error the caller undoes the journal.
+    fn admit(&mut self, journal: &mut Journal, event: &Event) -> Result<Touched, GatewayError> {
+        journal.save(&self.state, event);
+        self.check_host(event)?;
+        let touched = self.state.apply(event)?;
+        self.check_routes(&touched)?;
+        Ok(touched)
+    }
+
+    /// A route the change needs must not take the place of another's (an
+    /// operator's `/32`, say): refused before anything is recorded. Routes
+    /// the agent already has are its own, and cost no lookup.
+    fn check_routes(&mut self, touched: &Touched) -> Result<(), GatewayError> {
+        let Some(routes) = &mut self.routes else {
+            return Ok(());
+        };
+        for addr in &touched.addresses {
+            if self.routed.contains(addr) || tables::route_for(&self.state, *addr).is_none() {
+                continue;
+            }
+            let foreign = routes
+                .foreign(*addr)
+                .map_err(|e| GatewayError::Routes(Box::new(e)))?;
+            if let Some(f) = foreign {
+                return Err(GatewayError::RouteConflict(f));
+            }
+        }
+        Ok(())
     }
 
     fn commit(&mut self, touched: Touched) -> Result<Generation, GatewayError> {
@@ -379,7 +487,10 @@ impl Gateway {
             };
             match tables::route_for(&self.state, *addr) {
                 Some(location) => {
-                    routes.replace(*addr, &location)?;
+                    if !set_route(routes, *addr, &location)? {
+                        self.routed.remove(addr);
+                        continue;
+                    }
                     self.routed.insert(*addr);
                     if let Some(nh) = &mut self.nexthops {
                         rebind.extend(nh.refresh_host_route(&mut self.datapath, *addr)?);

@@ -7,10 +7,12 @@
 //!
 //! The agent's routes carry their own protocol number, [`RTPROT_EIP_NAT`],
 //! so it can list and remove exactly its own (`ip route show proto 234`).
+//! A host route with any other protocol is someone else's (an operator's,
+//! a routing daemon's): the agent never replaces it ([`Routes::set`]).
 
 use std::{collections::BTreeMap, ffi::CString, io, net::Ipv4Addr};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
@@ -39,6 +41,38 @@ pub enum RouteError {
     },
     #[error("rtnetlink socket")]
     Socket(#[source] io::Error),
+    #[error("{0}")]
+    Conflict(ForeignRoute),
+}
+
+/// A host route in the main table that is not the agent's, in the place of
+/// one the agent would install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignRoute {
+    pub addr: Ipv4Addr,
+    /// As `ip route` names it ("static", "boot", or the number).
+    pub protocol: String,
+    pub location: Location,
+}
+
+impl std::fmt::Display for ForeignRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the gateway already has a route to {}/32 that is not the agent's (proto {}, {}); \
+             it is left as it is",
+            self.addr, self.protocol, self.location
+        )
+    }
+}
+
+/// The protocol's name as iproute2 spells it (rtnetlink.h's RTPROT_*).
+fn protocol_name(p: RouteProtocol) -> String {
+    match p {
+        RouteProtocol::Other(n) => n.to_string(),
+        RouteProtocol::IcmpRedirect => "redirect".into(),
+        p => format!("{p:?}").to_lowercase(),
+    }
 }
 
 pub fn ifindex(name: &str) -> Option<u32> {
@@ -86,6 +120,43 @@ pub(crate) fn ipv4(a: &RouteAddress) -> Option<Ipv4Addr> {
     }
 }
 
+/// `r`, a route to `addr/32` that is not ours, as the error shows it.
+fn foreign(addr: Ipv4Addr, r: &RouteMessage) -> ForeignRoute {
+    ForeignRoute {
+        addr,
+        protocol: protocol_name(r.header.protocol),
+        location: location(r),
+    }
+}
+
+/// The destination of `r` if it is a host route (a /32) in the main table.
+fn main_host_route(r: &RouteMessage) -> Option<Ipv4Addr> {
+    let (mut dst, mut table) = (None, r.header.table as u32);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ipv4(d),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    dst.filter(|_| {
+        r.header.destination_prefix_length == 32 && table == RouteHeader::RT_TABLE_MAIN as u32
+    })
+}
+
+/// Where route `r` sends its packets.
+fn location(r: &RouteMessage) -> Location {
+    let mut location = Location::default();
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Gateway(g) => location.via = ipv4(g),
+            RouteAttribute::Oif(i) => location.dev = ifname(*i),
+            _ => {}
+        }
+    }
+    location
+}
+
 /// The first IPv4 address of interface `ifindex`: where the gateway's own
 /// ICMP errors out of that interface come from.
 pub fn interface_address(ifindex: u32) -> io::Result<Option<Ipv4Addr>> {
@@ -131,8 +202,65 @@ impl Routes {
         })
     }
 
-    /// Points `addr/32` at `location`, replacing any route of ours.
-    pub fn replace(&mut self, addr: Ipv4Addr, location: &Location) -> Result<(), RouteError> {
+    /// Points `addr/32` at `location`: creates the route, or replaces the
+    /// one there if it is ours. Another's route to `addr/32` is left alone
+    /// ([`RouteError::Conflict`]).
+    pub fn set(&mut self, addr: Ipv4Addr, location: &Location) -> Result<(), RouteError> {
+        let m = Self::message(addr, location)?;
+        let kernel =
+            |op: &'static str| move |source: io::Error| RouteError::Kernel { op, addr, source };
+        // NLM_F_EXCL: fails if the table has a route with the same key
+        // (prefix, TOS, metric), whoever's it is.
+        match self.netlink.change(
+            RouteNetlinkMessage::NewRoute(m.clone()),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            r => return r.map_err(kernel("creating the route to")),
+        }
+        // NLM_F_REPLACE takes the place of the first route with that key,
+        // whatever its protocol: only once it is known to be ours.
+        match self
+            .route_to(addr)
+            .map_err(kernel("reading the route to"))?
+        {
+            Some(r) if r.header.protocol == RouteProtocol::Other(RTPROT_EIP_NAT) => self
+                .netlink
+                .change(RouteNetlinkMessage::NewRoute(m), NLM_F_REPLACE)
+                .map_err(kernel("replacing the route to")),
+            Some(r) => Err(RouteError::Conflict(foreign(addr, &r))),
+            // The lookup found another table's route (policy routing):
+            // whose the one in the main table is cannot be told.
+            None => Err(RouteError::Kernel {
+                op: "creating the route to",
+                addr,
+                source: io::Error::from_raw_os_error(libc::EEXIST),
+            }),
+        }
+    }
+
+    /// Another's host route to `addr/32` in the main table, if there is
+    /// one: the route the agent would have to take the place of.
+    pub fn foreign(&mut self, addr: Ipv4Addr) -> Result<Option<ForeignRoute>, RouteError> {
+        let route = self.route_to(addr).map_err(|source| RouteError::Kernel {
+            op: "reading the route to",
+            addr,
+            source,
+        })?;
+        Ok(route
+            .filter(|r| r.header.protocol != RouteProtocol::Other(RTPROT_EIP_NAT))
+            .map(|r| foreign(addr, &r)))
+    }
+
+    /// The main table's route to exactly `addr/32`, as a lookup finds it:
+    /// one round trip, where a dump would list every route.
+    fn route_to(&mut self, addr: Ipv4Addr) -> io::Result<Option<RouteMessage>> {
+        let route = fib_match(&mut self.netlink, addr)?;
+        Ok(route.filter(|r| main_host_route(r) == Some(addr)))
+    }
+
+    /// Our route message for `addr/32` to `location`.
+    fn message(addr: Ipv4Addr, location: &Location) -> Result<RouteMessage, RouteError> {
         let oif = match &location.dev {
             Some(dev) => {
                 Some(ifindex(dev).ok_or_else(|| RouteError::NoSuchInterface(dev.clone()))?)
@@ -152,16 +280,7 @@ impl Routes {
         if let Some(oif) = oif {
             m.attributes.push(RouteAttribute::Oif(oif));
         }
-        self.netlink
-            .change(
-                RouteNetlinkMessage::NewRoute(m),
-                NLM_F_CREATE | NLM_F_REPLACE,
-            )
-            .map_err(|source| RouteError::Kernel {
-                op: "replacing the route to",
-                addr,
-                source,
-            })
+        Ok(m)
     }
 
     /// Removes our route to `addr/32`; one that is not there is no error.
@@ -254,24 +373,11 @@ impl Routes {
             let RouteNetlinkMessage::NewRoute(r) = r else {
                 continue;
             };
-            if r.header.destination_prefix_length != 32
-                || r.header.protocol != RouteProtocol::Other(RTPROT_EIP_NAT)
-            {
+            if r.header.protocol != RouteProtocol::Other(RTPROT_EIP_NAT) {
                 continue;
             }
-            let mut table = r.header.table as u32;
-            let (mut dst, mut location) = (None, Location::default());
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => dst = ipv4(d),
-                    RouteAttribute::Gateway(g) => location.via = ipv4(g),
-                    RouteAttribute::Oif(i) => location.dev = ifname(*i),
-                    RouteAttribute::Table(t) => table = *t,
-                    _ => {}
-                }
-            }
-            if let (Some(dst), true) = (dst, table == RouteHeader::RT_TABLE_MAIN as u32) {
-                out.insert(dst, location);
+            if let Some(dst) = main_host_route(&r) {
+                out.insert(dst, location(&r));
             }
         }
         Ok(out)

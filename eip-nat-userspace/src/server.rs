@@ -38,10 +38,12 @@ fn gateway_error(e: GatewayError) -> Response {
     let (status, kind) = match &e {
         GatewayError::Refused(_)
         | GatewayError::RefusedInBatch { .. }
-        | GatewayError::BadLocation(_) => (StatusCode::CONFLICT, "refused"),
+        | GatewayError::BadLocation(_)
+        | GatewayError::RouteConflict(_) => (StatusCode::CONFLICT, "refused"),
         GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
         GatewayError::Store(_)
         | GatewayError::Datapath { .. }
+        | GatewayError::Routes(_)
         | GatewayError::NewStoreOverLiveDatapath(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "failed")
         }

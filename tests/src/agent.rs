@@ -44,6 +44,13 @@ impl AgentHome {
 }
 
 impl AgentHome {
+    /// The map `name` the agent pinned here, opened from outside it.
+    pub fn pinned(&self, name: &str) -> aya::maps::MapData {
+        let path = self.bpffs.join("maps").join(name);
+        aya::maps::MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+    }
+
     /// Runs `eip-nat teardown` on this home's bpffs, in `ns`.
     pub fn teardown(&self, ns: &str) -> Output {
         Command::new("ip")

@@ -42,6 +42,17 @@ pub fn ns_sh(ns: &str, args: &[&str]) {
     sh(&full);
 }
 
+/// `ip netns exec NS ARGS…`'s standard output, panicking on failure.
+pub fn ns_output(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A prefix unique to this process and call, short enough that
 /// prefix + 3 characters fits an interface name (15 bytes).
 pub fn unique_prefix() -> String {

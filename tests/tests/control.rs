@@ -19,7 +19,7 @@ use eip_nat::{
 use eip_nat_common::{maps::ADDRESSES, AddrEntry};
 use integration_tests::{
     agent::{Agent, AgentHome},
-    netns::{in_netns, ns_sh, Topology, TwoInstances},
+    netns::{in_netns, ns_output, ns_sh, Topology, TwoInstances},
     require_root, setsockopt,
     sockets::{accept_within, sa, udp_socket, TIMEOUT},
 };
@@ -302,16 +302,6 @@ fn multi_eip_mode_end_to_end() {
     assert_eq!(drops, 0);
 }
 
-fn ns_output(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Received sequence numbers, on a thread that drains `socket` until
 /// `stop` and then until the socket is quiet.
 fn receiver(socket: UdpSocket, stop: &AtomicBool) -> BTreeSet<u64> {
@@ -546,8 +536,7 @@ fn kill_9_under_traffic_loses_nothing_and_the_next_agent_takes_over() {
 
 /// Reads the pinned ADDRESSES map the agent left, from outside it.
 fn pinned_addresses(home: &AgentHome) -> std::collections::BTreeMap<Ipv4Addr, AddrEntry> {
-    let data =
-        aya::maps::MapData::from_pin(home.bpffs.join("maps").join(ADDRESSES)).expect("pinned");
+    let data = home.pinned(ADDRESSES);
     let map: aya::maps::HashMap<_, [u8; 4], AddrEntry> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
     map.iter()

@@ -142,6 +142,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "control-plane netns tests (modes, ENI move, restarts under traffic, kill -9, API)",
             vec![root_test("control")],
         ),
+        (
+            "ownership netns tests (a refused agent touches nothing live; operators' routes are never replaced)",
+            vec![root_test("ownership")],
+        ),
     ]
 }
 
