@@ -204,6 +204,65 @@ pub const MAX_TX_PORTS: u32 = 64;
 /// [`Config::flags`]: after translation, forward with `bpf_fib_lookup` and
 /// `XDP_REDIRECT` instead of handing the packet to the kernel.
 pub const FLAG_FAST_PATH: u32 = 1;
+/// [`Config::flags`]: someone traces (`eip-nat trace`): the program reads
+/// [`TRACE_CONFIG`] and copies the packets it selects into
+/// [`TRACE_EVENTS`]. Off, tracing costs one bit test of a value the program
+/// has already read.
+pub const FLAG_TRACE: u32 = 2;
+
+/// `Array<TraceConfig>` with one entry: what to trace, read only while
+/// [`FLAG_TRACE`] is set.
+pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+/// `RingBuf` of [`TraceEvent`]s.
+pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+/// Size of [`TRACE_EVENTS`]: 4,096 events of 168 bytes.
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+/// Bytes of each traced frame copied into its event: every header the
+/// datapath reads (Ethernet, IPv4 with options, an ICMP error's quote).
+pub const TRACE_CAPTURE: usize = 128;
+
+/// What to trace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TraceConfig {
+    /// Bit `code` set: trace packets of that verdict.
+    pub verdicts: u64,
+    /// Bit `direction` set: trace packets arriving on that side.
+    pub directions: u32,
+    /// Translated packets (verdicts that forward) are sampled, one in
+    /// `sample` on average; 0 traces none of them, 1 all.
+    pub sample: u32,
+    /// Only packets with this address as source or destination, before or
+    /// after translation; all zeroes for any.
+    pub addr: Ipv4Key,
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 24);
+
+/// One traced packet: what the datapath decided and the frame's first
+/// [`TRACE_CAPTURE`] bytes as it left the program (translated, or as it
+/// came for a drop).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub direction: u32,
+    pub verdict: u32,
+    /// The frame's length, and how much of it is in `data`.
+    pub frame_len: u32,
+    pub captured: u32,
+    /// The IPv4 source and destination as the packet arrived (zeroes for
+    /// a frame that is not IPv4).
+    pub src: Ipv4Key,
+    pub dst: Ipv4Key,
+    pub reserved: u32,
+    pub data: [u8; TRACE_CAPTURE],
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 168);
 
 /// The only entry of [`CONFIG`]. An ifindex of 0 means "not configured".
 #[repr(C)]
@@ -333,6 +392,8 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::IcmpConfig {}
     unsafe impl aya::Pod for super::IcmpBucket {}
+    unsafe impl aya::Pod for super::TraceConfig {}
+    unsafe impl aya::Pod for super::TraceEvent {}
 }
 
 // ---- Rig programs (tests, demo, benchmark); the agent never loads them ----

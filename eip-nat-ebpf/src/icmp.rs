@@ -129,8 +129,16 @@ impl Quoted {
             let old = *field;
             let old_ip_check = u16::from_be_bytes(ip.check);
             let mut ip_check = old_ip_check;
-            let mut no_l4 = None;
-            patch(field, new, &mut ip_check, &mut no_l4, self.udp);
+            // The quoted L4 checksum is patched below, where the ICMP
+            // checksum follows it.
+            let mut unused = 0;
+            patch(
+                field,
+                new,
+                &mut ip_check,
+                (core::ptr::null_mut(), &mut unused),
+                self.udp,
+            );
             ip.check = ip_check.to_be_bytes();
             // The ICMP checksum covers the quote: the address and both
             // checksums inside it changed.

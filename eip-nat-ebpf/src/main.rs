@@ -13,16 +13,30 @@ mod parse;
 mod rewrite;
 mod rig;
 mod stats;
+mod trace;
 mod translate;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn eip_nat(ctx: XdpContext) -> u32 {
-    let (direction, fast_path) = maps::direction_of(&ctx);
+    let role = maps::role(&ctx);
+    // Kept in a stack slot through volatile accesses: held in registers
+    // across the translation, LLVM let an unset one be copied on the path
+    // that does not trace, which the verifier refuses ("!read_ok").
+    let mut arrived = ([0u8; 4], [0u8; 4]);
+    if role.trace {
+        // SAFETY: a local.
+        unsafe { core::ptr::write_volatile(&mut arrived, trace::addresses(&ctx)) };
+    }
     // Every path ends here, so every packet is counted exactly once.
-    let verdict = translate::translate(&ctx, direction, fast_path).unwrap_or_else(|v| v);
-    stats::record(&ctx, direction, verdict)
+    let verdict = translate::translate(&ctx, role.direction, role.fast_path).unwrap_or_else(|v| v);
+    if role.trace {
+        // SAFETY: as above.
+        let arrived = unsafe { core::ptr::read_volatile(&arrived) };
+        trace::emit(&ctx, role.direction, verdict, arrived);
+    }
+    stats::record(&ctx, role.direction, verdict)
 }
 
 #[cfg(not(test))]

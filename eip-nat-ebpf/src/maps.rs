@@ -2,10 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, DevMap, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, DevMap, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use eip_nat_common::maps::{filter_bit, IcmpBucket, IcmpConfig, FILTER_WORDS};
+use eip_nat_common::maps::{
+    filter_bit, IcmpBucket, IcmpConfig, TraceConfig, FILTER_WORDS, FLAG_TRACE, TRACE_RING_BYTES,
+};
 use eip_nat_common::{
     maps::{
         Ipv4Key, NextHop, DEFAULT_MAX_ASSOCIATIONS, EXTRA_NEXTHOPS, EXTRA_ROUTES, MAX_TX_PORTS,
@@ -78,18 +80,40 @@ pub fn public_accepts(addr: Ipv4Key) -> bool {
     PUBLIC_ACCEPT.get(Key::new(32, addr)).is_some()
 }
 
-/// The interface's role, from the ifindex the packet arrived on, and
-/// whether the fast path is on.
+#[map(name = "TRACE_CONFIG")]
+pub static TRACE_CONFIG: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "TRACE_EVENTS")]
+pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+/// The interface's role, from the ifindex the packet arrived on.
+pub struct Role {
+    pub direction: Direction,
+    pub fast_path: bool,
+    /// Someone traces: see `trace`.
+    pub trace: bool,
+}
+
 #[inline(always)]
-pub fn direction_of(ctx: &XdpContext) -> (Direction, bool) {
+pub fn role(ctx: &XdpContext) -> Role {
     let ifindex = ctx.ingress_ifindex() as u32;
-    match CONFIG.get(0) {
-        Some(c) if ifindex != 0 && ifindex == c.public_ifindex => {
-            (Direction::Inbound, c.fast_path())
-        }
-        Some(c) if ifindex != 0 && ifindex == c.private_ifindex => {
-            (Direction::Outbound, c.fast_path())
-        }
-        _ => (Direction::Other, false),
+    let Some(c) = CONFIG.get(0) else {
+        return Role {
+            direction: Direction::Other,
+            fast_path: false,
+            trace: false,
+        };
+    };
+    let direction = if ifindex != 0 && ifindex == c.public_ifindex {
+        Direction::Inbound
+    } else if ifindex != 0 && ifindex == c.private_ifindex {
+        Direction::Outbound
+    } else {
+        Direction::Other
+    };
+    Role {
+        direction,
+        fast_path: direction != Direction::Other && c.fast_path(),
+        trace: c.flags & FLAG_TRACE != 0,
     }
 }

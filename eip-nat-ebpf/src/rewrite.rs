@@ -34,13 +34,17 @@ pub fn l4_checksum(ctx: &XdpContext, p: &Ipv4Packet) -> Result<*mut [u8; 2], Ver
     ptr_at(ctx, ETH_HLEN + p.hlen + off).ok_or(Verdict::DropL4Truncated)
 }
 
-/// Rewrites one address and patches the IPv4 and L4 checksums for it.
+/// Rewrites one address and patches the IPv4 checksum for it, and the L4
+/// one (`l4_sum`, written back by the caller) unless `l4` is null. A null
+/// pointer rather than an `Option`: an `Option` of a pointer held across
+/// the rewrite let LLVM copy an unset register, which the verifier refuses
+/// ("!read_ok").
 #[inline(always)]
 pub fn patch(
     field: &mut Ipv4Key,
     new: Ipv4Key,
     ip_check: &mut u16,
-    l4: &mut Option<(*mut [u8; 2], u16)>,
+    (l4, l4_sum): (*mut [u8; 2], &mut u16),
     udp: bool,
 ) {
     let old = *field;
@@ -51,11 +55,11 @@ pub fn patch(
     }
     *field = new;
     *ip_check = csum::replace_u32(*ip_check, old, new);
-    if let Some((_, check)) = l4 {
-        *check = if udp {
-            csum::udp_replace_u32(*check, old, new)
+    if !l4.is_null() {
+        *l4_sum = if udp {
+            csum::udp_replace_u32(*l4_sum, old, new)
         } else {
-            csum::replace_u32(*check, old, new)
+            csum::replace_u32(*l4_sum, old, new)
         };
     }
 }

@@ -74,21 +74,36 @@ pub fn translate(
 
     let udp = ip.proto == PROTO_UDP;
     let mut ip_check = u16::from_be_bytes(ip.check);
-    // SAFETY: l4_checksum checked both bytes are inside the packet.
-    let mut l4 =
-        (!l4_check.is_null()).then(|| (l4_check, u16::from_be_bytes(unsafe { *l4_check })));
+    let mut l4_sum = if l4_check.is_null() {
+        0
+    } else {
+        // SAFETY: l4_checksum checked both bytes are inside the packet.
+        u16::from_be_bytes(unsafe { *l4_check })
+    };
     if let Some(e) = rewrite.src {
-        patch(&mut ip.src_addr, e.addr, &mut ip_check, &mut l4, udp);
+        patch(
+            &mut ip.src_addr,
+            e.addr,
+            &mut ip_check,
+            (l4_check, &mut l4_sum),
+            udp,
+        );
         stats::record_eip(e.slot, Direction::Outbound, packet.tot_len);
     }
     if let Some(e) = rewrite.dst {
-        patch(&mut ip.dst_addr, e.addr, &mut ip_check, &mut l4, udp);
+        patch(
+            &mut ip.dst_addr,
+            e.addr,
+            &mut ip_check,
+            (l4_check, &mut l4_sum),
+            udp,
+        );
         stats::record_eip(e.slot, Direction::Inbound, packet.tot_len);
     }
     ip.check = ip_check.to_be_bytes();
-    if let Some((p, check)) = l4 {
+    if !l4_check.is_null() {
         // SAFETY: as above.
-        unsafe { *p = check.to_be_bytes() };
+        unsafe { *l4_check = l4_sum.to_be_bytes() };
     }
     if quoted.is_some() {
         let q = &quoted;

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, DevMap, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, DevMap, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -17,7 +17,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
-    maps::{self as names, verdict_index, IcmpConfig, Ipv4Key, NextHop},
+    maps::{self as names, verdict_index, IcmpConfig, Ipv4Key, NextHop, TraceConfig},
     AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
@@ -152,6 +152,9 @@ pub struct Datapath {
     nexthops: Array<MapData, NextHop>,
     routes: LpmTrie<MapData, Ipv4Key, u32>,
     public_accept: LpmTrie<MapData, Ipv4Key, u32>,
+    trace_config: Array<MapData, TraceConfig>,
+    /// Taken by the one reader of traced packets.
+    trace_events: Option<RingBuf<MapData>>,
     icmp: Array<MapData, IcmpConfig>,
     filter: Array<MapData, u64>,
     /// What `filter` holds, so that a bit already set costs no write.
@@ -231,6 +234,8 @@ impl Datapath {
             nexthops: take(&mut ebpf, names::NEXTHOPS)?,
             routes: take(&mut ebpf, names::ROUTES)?,
             public_accept: take(&mut ebpf, names::PUBLIC_ACCEPT)?,
+            trace_config: take(&mut ebpf, names::TRACE_CONFIG)?,
+            trace_events: Some(take(&mut ebpf, names::TRACE_EVENTS)?),
             icmp: take(&mut ebpf, names::ICMP_CONFIG)?,
             filter_words: Vec::new(),
             filter: take(&mut ebpf, names::ADDRESS_FILTER)?,
@@ -560,6 +565,18 @@ impl Datapath {
             }
         }
         Ok(changed)
+    }
+
+    /// What the program traces while `FLAG_TRACE` is set in `CONFIG`.
+    pub fn set_trace_config(&mut self, cfg: TraceConfig) -> Result<(), DatapathError> {
+        self.trace_config
+            .set(0, cfg, 0)
+            .map_err(map_err(names::TRACE_CONFIG))
+    }
+
+    /// The ring buffer of traced packets, for its one reader.
+    pub fn take_trace_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.trace_events.take()
     }
 
     /// Zeroes the counters in `slot`, for a new association.

@@ -19,3 +19,4 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod sysctl;
+pub mod trace;
