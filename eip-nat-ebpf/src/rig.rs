@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use eip_nat_common::{
+    bytes::copy_bytes,
     csum,
     ipv4::{self, ETH_HLEN, ETH_P_IP_BYTES, PROTO_UDP},
     maps::{GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::packet::{copy_bytes, ptr_at};
+use crate::packet::ptr_at;
 
 /// Does nothing but exist. A veth hands frames that another interface
 /// redirected into it (`ndo_xdp_xmit`) to its peer only when the peer runs
