@@ -6,6 +6,7 @@
 //! `#[repr(C)]` with explicit padding and its size asserted at compile time.
 #![no_std]
 
+pub mod bytes;
 pub mod csum;
 pub mod ipv4;
 pub mod maps;

@@ -13,12 +13,12 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use eip_nat_common::{csum, maps::NextHop, Verdict};
+use eip_nat_common::{bytes::copy_bytes, csum, maps::NextHop, Verdict};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{NEXTHOPS, TX_PORTS, TX_SLOTS},
-    packet::{copy_bytes, ptr_at, zero_in_place},
+    packet::{ptr_at, zero_in_place},
 };
 
 const AF_INET: u8 = 2;

@@ -14,6 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use eip_nat_common::{
+    bytes::copy_bytes,
     csum,
     ipv4::{self, ETH_HLEN, PROTO_ICMP},
     Direction, Verdict,
@@ -21,7 +22,7 @@ use eip_nat_common::{
 
 use crate::{
     maps::{ICMP_BUCKET, ICMP_CONFIG},
-    packet::{copy_bytes, ptr_at},
+    packet::ptr_at,
 };
 
 /// IPv4 header (no options) and ICMP header of the error.

@@ -11,7 +11,6 @@ mod maps;
 mod packet;
 mod parse;
 mod rewrite;
-mod rig;
 mod stats;
 mod trace;
 mod translate;

@@ -26,26 +26,10 @@ pub fn len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
-/// Copies `N` bytes with one volatile store each. A plain copy or `= [0; N]`
-/// of more than a few bytes compiles to a call of compiler-builtins'
-/// `memcpy`/`memset`, a byte loop that `perf` showed costing as much as the
-/// translation itself; volatile stores stay inline and cannot be merged
-/// back into such a call.
-#[inline(always)]
-pub fn copy_bytes<const N: usize>(dst: *mut [u8; N], src: &[u8; N]) {
-    let dst = dst as *mut u8;
-    let mut i = 0;
-    while i < N {
-        // SAFETY: the caller's `dst` is valid for N bytes (a packet range
-        // checked by `ptr_at`, or a local), and i < N.
-        unsafe { core::ptr::write_volatile(dst.add(i), src[i]) };
-        i += 1;
-    }
-}
-
 /// Zeroes a plain-integer struct in place with 8-byte volatile stores (see
-/// [`copy_bytes`]); in place, because returning it by value lets LLVM turn
-/// the copy back into a `memset` call. `T`'s size must be a multiple of 8.
+/// [`copy_bytes`](eip_nat_common::bytes::copy_bytes)); in place, because
+/// returning it by value lets LLVM turn the copy back into a `memset` call.
+/// `T`'s size must be a multiple of 8.
 #[inline(always)]
 pub fn zero_in_place<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
     const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };

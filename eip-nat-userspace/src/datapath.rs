@@ -162,7 +162,7 @@ pub struct Datapath {
 }
 
 /// Takes map `name` out of the object, typed.
-pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -171,7 +171,7 @@ where
 }
 
 /// Wraps a map error with the map's name.
-pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 

@@ -14,7 +14,6 @@ pub mod monitor;
 pub mod netlink;
 pub mod nexthops;
 pub mod public_access;
-pub mod rig;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod model;
 pub mod netns;
 pub mod packet;
+pub mod rig;
 pub mod sockets;
 
 /// Fails loudly, rather than skipping, when not run as root.

@@ -1,7 +1,6 @@
 //! Network namespaces joined by veth pairs, created by a guard that deletes
 //! them by name when dropped, on success and on panic alike.
 
-use eip_nat::rig::PassProgram;
 use std::{
     fs::File,
     net::Ipv4Addr,
@@ -9,6 +8,8 @@ use std::{
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
+
+use crate::rig::PassProgram;
 
 /// Runs `ip` (or any command) and panics with its stderr if it fails.
 pub fn sh(args: &[&str]) {

@@ -912,7 +912,7 @@ fn fast_path_falls_back_to_the_kernel_translated() {
 #[test]
 fn generator_frames_are_valid_and_follow_the_flow_pattern() {
     require_root();
-    let traffic = eip_nat::rig::Traffic {
+    let traffic = integration_tests::rig::Traffic {
         src_mac: MAC_A,
         dst_mac: MAC_B,
         src: INTERNET.octets(),
@@ -922,7 +922,7 @@ fn generator_frames_are_valid_and_follow_the_flow_pattern() {
         flows: 65_536,
         frame_len: 60,
     };
-    let mut generator = eip_nat::rig::Generator::new(1, &traffic).expect("load xdp_gen");
+    let mut generator = integration_tests::rig::Generator::new(1, &traffic).expect("load xdp_gen");
     for flow in 0u32..300 {
         let frame = generator.sample().expect("run xdp_gen");
         assert_eq!(frame.len(), 60);
@@ -941,7 +941,8 @@ fn generator_frames_are_valid_and_follow_the_flow_pattern() {
 #[test]
 fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
     require_root();
-    let mut sink = eip_nat::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
+    let mut sink =
+        integration_tests::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
     let good = udp(INTERNET, 1, Ipv4Addr::new(10, 200, 1, 7), 9, b"x", true).frame();
     let wrong_dst = udp(INTERNET, 1, EIP, 9, b"x", true).frame();
     let mut bad_checksum = good.clone();
@@ -962,11 +963,11 @@ fn min_nat_translates_and_forwards_like_a_router() {
     // SAFETY: a valid C string. Test-run does not transmit: the port is
     // only there for the redirect to find.
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-    let macs = eip_nat_common::maps::MinNatConfig {
+    let macs = eip_nat_rig_common::MinNatConfig {
         dst_mac: next_hop,
         src_mac: own,
     };
-    let mut nat = eip_nat::rig::MinNat::load(macs, lo, 4).expect("load xdp_min_nat");
+    let mut nat = integration_tests::rig::MinNat::load(macs, lo, 4).expect("load xdp_min_nat");
     nat.insert_all([(EIP, PRIVATE)]).unwrap();
     let later_fragment = |dst| {
         let mut p = Ipv4::new(INTERNET, dst, 17, b"not a UDP header".to_vec());

@@ -561,7 +561,7 @@ fn redirect_into_a_veth_needs_an_xdp_program_on_the_peer() {
     );
 
     let _back = in_netns(&t.instance.ns, || {
-        eip_nat::rig::PassProgram::attach(&t.instance.ifname)
+        integration_tests::rig::PassProgram::attach(&t.instance.ifname)
     })
     .unwrap();
     client.send_to(b"delivered", sa(t.eip, 7000)).unwrap();

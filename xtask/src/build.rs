@@ -1,4 +1,4 @@
-//! Building the BPF object, the agent and the demo.
+//! Building the BPF objects, the agent and the demo.
 
 use std::{path::PathBuf, process::Command};
 
@@ -19,42 +19,93 @@ const HOST_ONLY_ENV: &[&str] = &[
     "CARGO_BUILD_RUSTFLAGS",
 ];
 
-pub fn bpf_object() -> PathBuf {
-    root().join("eip-nat-ebpf/target/bpfel-unknown-none/release/eip-nat")
+/// A BPF crate: its own workspace, built for bpfel-unknown-none from its
+/// own directory so its `.cargo/config.toml` (target, rustc, linker)
+/// applies.
+pub struct EbpfCrate {
+    pub dir: &'static str,
+    /// The object, its `[[bin]]`.
+    pub object: &'static str,
+}
+
+/// The agent's datapath, the one object the agent embeds.
+pub const DATAPATH: EbpfCrate = EbpfCrate {
+    dir: "eip-nat-ebpf",
+    object: "eip-nat",
+};
+
+/// The rig's programs (generator, sink, pass, no-op, minimal NAT), which
+/// the tests, the demo and the benchmark embed; never the agent.
+pub const RIG: EbpfCrate = EbpfCrate {
+    dir: "eip-nat-rig-ebpf",
+    object: "eip-nat-rig",
+};
+
+pub const EBPF_CRATES: [EbpfCrate; 2] = [DATAPATH, RIG];
+
+impl EbpfCrate {
+    pub fn manifest(&self) -> PathBuf {
+        root().join(self.dir).join("Cargo.toml")
+    }
+
+    pub fn object_path(&self) -> PathBuf {
+        root()
+            .join(self.dir)
+            .join("target/bpfel-unknown-none/release")
+            .join(self.object)
+    }
+
+    /// `cargo <args>` from the crate's directory, without the host's
+    /// compiler settings.
+    fn cargo(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args).current_dir(root().join(self.dir));
+        for var in HOST_ONLY_ENV {
+            c.env_remove(var);
+        }
+        c
+    }
 }
 
 pub fn agent_binary() -> PathBuf {
     root().join("target/release/eip-nat")
 }
 
-/// `cargo clippy -D warnings` on the eBPF crate, with Debian's clippy (the
-/// one that matches the rustc that builds it), from its own directory.
+/// Points a host cargo command at the built objects and agent: the
+/// agent's build script embeds the datapath, the tests crate's the rig.
+pub fn with_objects(c: &mut Command) -> &mut Command {
+    c.env("EIP_NAT_BPF_OBJECT", DATAPATH.object_path())
+        .env("EIP_NAT_RIG_OBJECT", RIG.object_path())
+        .env("EIP_NAT_BIN", agent_binary())
+}
+
+/// `cargo clippy -D warnings` on the eBPF crates, with Debian's clippy (the
+/// one that matches the rustc that builds them), each from its own
+/// directory.
 const EBPF_CLIPPY: &str = "/usr/bin/cargo-clippy";
 
 pub fn has_ebpf_clippy() -> bool {
     std::path::Path::new(EBPF_CLIPPY).exists()
 }
 
-pub fn ebpf_clippy() -> Command {
-    let mut c = Command::new(EBPF_CLIPPY);
-    c.args(["clippy", "--release", "--locked", "--", "-D", "warnings"])
-        .current_dir(root().join("eip-nat-ebpf"));
-    for var in HOST_ONLY_ENV {
-        c.env_remove(var);
-    }
-    c
+pub fn ebpf_clippy() -> Vec<Command> {
+    EBPF_CRATES
+        .iter()
+        .map(|k| {
+            k.cargo(
+                EBPF_CLIPPY,
+                &["clippy", "--release", "--locked", "--", "-D", "warnings"],
+            )
+        })
+        .collect()
 }
 
-/// Builds the eBPF crate from its own directory, so its
-/// `.cargo/config.toml` (target, rustc, linker) applies.
+/// Builds both BPF objects: the datapath and the rig's.
 pub fn ebpf() -> Result<()> {
-    let mut c = Command::new("cargo");
-    c.args(["build", "--release", "--locked"])
-        .current_dir(root().join("eip-nat-ebpf"));
-    for var in HOST_ONLY_ENV {
-        c.env_remove(var);
+    for k in &EBPF_CRATES {
+        cmd::run(&mut k.cargo("cargo", &["build", "--release", "--locked"]))?;
     }
-    cmd::run(&mut c)
+    Ok(())
 }
 
 pub fn agent() -> Result<()> {
@@ -62,14 +113,18 @@ pub fn agent() -> Result<()> {
         Command::new("cargo")
             .args(["build", "--release", "--locked", "-p", "eip-nat-userspace"])
             .current_dir(root())
-            .env("EIP_NAT_BPF_OBJECT", bpf_object()),
+            .env("EIP_NAT_BPF_OBJECT", DATAPATH.object_path()),
     )
 }
 
 pub fn all() -> Result<()> {
     ebpf()?;
     agent()?;
-    eprintln!("built {} (BPF object embedded)", agent_binary().display());
+    eprintln!(
+        "built {} (BPF object embedded) and the rig's object {}",
+        agent_binary().display(),
+        RIG.object_path().display()
+    );
     Ok(())
 }
 
@@ -84,9 +139,8 @@ pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result
         "integration-tests",
     ])
     .args(["--bin", "eip-nat-bench", "--"])
-    .current_dir(root())
-    .env("EIP_NAT_BPF_OBJECT", bpf_object())
-    .env("EIP_NAT_BIN", agent_binary());
+    .current_dir(root());
+    with_objects(&mut c);
     if quick {
         c.arg("--quick");
     }
@@ -101,18 +155,15 @@ pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result
 
 pub fn demo() -> Result<()> {
     cmd::run(
-        Command::new("cargo")
-            .args([
-                "run",
-                "--quiet",
-                "--locked",
-                "-p",
-                "integration-tests",
-                "--bin",
-                "eip-nat-demo",
-            ])
-            .current_dir(root())
-            .env("EIP_NAT_BPF_OBJECT", bpf_object())
-            .env("EIP_NAT_BIN", agent_binary()),
+        with_objects(Command::new("cargo").args([
+            "run",
+            "--quiet",
+            "--locked",
+            "-p",
+            "integration-tests",
+            "--bin",
+            "eip-nat-demo",
+        ]))
+        .current_dir(root()),
     )
 }

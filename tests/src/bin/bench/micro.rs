@@ -4,15 +4,16 @@
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use eip_nat::{
-    datapath::{Datapath, LoadOptions},
-    rig::MinNat,
-};
+use eip_nat::datapath::{Datapath, LoadOptions};
 use eip_nat_common::{
-    maps::{MinNatConfig, ADDR_IS_EIP, ADDR_IS_PRIVATE},
+    maps::{ADDR_IS_EIP, ADDR_IS_PRIVATE},
     AddrEntry, Config,
 };
-use integration_tests::packet::{udp, MAC_A, MAC_B};
+use eip_nat_rig_common::MinNatConfig;
+use integration_tests::{
+    packet::{udp, MAC_A, MAC_B},
+    rig::{MinNat, PassProgram},
+};
 use serde::Serialize;
 
 use crate::{associations::pairs, nth as addr};
@@ -155,7 +156,7 @@ pub fn per_packet() -> Vec<Row> {
         eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
         let mut min_nat = loaded_min_nat(n, lo);
         eprintln!("  and the minimal NAT, {:.1} s", t.elapsed().as_secs_f64());
-        let mut pass = eip_nat::rig::PassProgram::load_only().expect("xdp_pass");
+        let mut pass = PassProgram::load_only().expect("xdp_pass");
         // Rounds over all cases, so a slow spell of this virtual CPU hits
         // every case alike; each case keeps its fastest round.
         let mut best = [f64::MAX; 8];

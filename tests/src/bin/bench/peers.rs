@@ -1,10 +1,11 @@
 //! The peers measured on the rig, and how each is started.
 
-use eip_nat::rig::{MinNat, NoopRedirect};
-use eip_nat_common::maps::{MinNatConfig, DEFAULT_MAX_ASSOCIATIONS};
+use eip_nat_common::maps::DEFAULT_MAX_ASSOCIATIONS;
+use eip_nat_rig_common::MinNatConfig;
 use integration_tests::{
     agent::Agent,
     netns::{ifindex, in_netns, ns_sh},
+    rig::{MinNat, NoopRedirect},
 };
 use serde::Serialize;
 

@@ -8,8 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eip_nat::rig::{Generator, Sink, Traffic};
-use integration_tests::netns::{ifindex, in_netns};
+use integration_tests::{
+    netns::{ifindex, in_netns},
+    rig::{Generator, Sink, Traffic},
+};
 use serde::Serialize;
 
 use crate::{

@@ -1,78 +1,85 @@
-//! Handles on the object's rig programs, for veth test rigs, the demo and
-//! the benchmark: a pass-through receiver, a no-op redirector, the minimal
-//! NAT the benchmark compares with, a live-frame traffic generator and a
-//! counting sink. The agent never loads them.
+//! Handles on the rig's programs (`eip-nat-rig-ebpf`), for veth test
+//! rigs, the demo and the benchmark: a pass-through receiver, a no-op
+//! redirector, the minimal NAT the benchmark compares with, a live-frame
+//! traffic generator and a counting sink. Their object is not the agent's:
+//! the agent never carries them.
 
 use std::{net::Ipv4Addr, time::Duration};
 
+use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use eip_nat_common::maps::{
+use eip_nat_rig_common::{
     self as names, GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN,
 };
 
-use crate::datapath::{map_err, take, DatapathError, OBJECT};
+/// The rig's BPF object, embedded at build time (see `build.rs`); empty
+/// when it was built without one.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eip-nat-rig"));
+
+/// Takes map `name` out of the rig object, typed.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the rig object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
 
 /// Loads the object for one rig program (the datapath's maps kept tiny)
 /// and returns it with the program loaded.
-fn load(program: &'static str) -> Result<Ebpf, DatapathError> {
+fn load(program: &'static str) -> Result<Ebpf> {
     load_sized(program, &[])
 }
 
 /// [`load`], with some of the rig's maps given a size.
-fn load_sized(program: &'static str, sizes: &[(&str, u32)]) -> Result<Ebpf, DatapathError> {
+fn load_sized(program: &'static str, sizes: &[(&str, u32)]) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("no rig BPF object was embedded in this build: build it with `cargo xtask build`");
+    }
     let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(names::ADDRESSES, 1)
-        .map_max_entries(names::EIP_COUNTERS, 1)
-        .map_max_entries(names::NEXTHOPS, 1)
-        .map_max_entries(names::ROUTES, 1);
     for (name, size) in sizes {
         loader.map_max_entries(name, *size);
     }
-    let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
+    let mut ebpf = loader
+        .load(OBJECT)
+        .context("loading the rig's BPF object (as root, with BTF?)")?;
     xdp(&mut ebpf, program)?
         .load()
-        .map_err(|e| DatapathError::Program(program, e))?;
+        .with_context(|| format!("loading {program}"))?;
     Ok(ebpf)
 }
 
-fn xdp<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+fn xdp<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(program)
-        .ok_or(DatapathError::Missing(program))?
+        .with_context(|| format!("the rig object has no program {program}"))?
         .try_into()
-        .map_err(|e| DatapathError::Program(program, e))
+        .with_context(|| format!("{program} is not an XDP program"))
 }
 
 /// Loads `program` and attaches it, native, to `iface` in the caller's
 /// namespace. Detached when the returned object is dropped.
-fn attached(program: &'static str, iface: &str) -> Result<Ebpf, DatapathError> {
+fn attached(program: &'static str, iface: &str) -> Result<Ebpf> {
     let mut ebpf = load(program)?;
     attach_native(&mut ebpf, program, iface)?;
     Ok(ebpf)
 }
 
-fn attach_native(ebpf: &mut Ebpf, program: &'static str, iface: &str) -> Result<(), DatapathError> {
+fn attach_native(ebpf: &mut Ebpf, program: &'static str, iface: &str) -> Result<()> {
     xdp(ebpf, program)?
         .attach(iface, XdpMode::Driver)
-        .map_err(|source| DatapathError::Attach {
-            iface: iface.to_string(),
-            mode: "native",
-            source,
-        })?;
+        .with_context(|| format!("attaching {program} to {iface} in native mode"))?;
     Ok(())
 }
 
 /// Runs `program` once on `frame` (BPF_PROG_TEST_RUN, no live frames);
 /// returns its action and the frame it left.
-fn run_once(
-    program: &mut Xdp,
-    name: &'static str,
-    frame: &[u8],
-) -> Result<(u32, Vec<u8>), DatapathError> {
+fn run_once(program: &mut Xdp, name: &'static str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
     // Room for a program that grows the frame.
     let mut out = vec![0u8; frame.len() + 64];
     let r = program
@@ -81,7 +88,7 @@ fn run_once(
             data_out: Some(&mut out),
             ..Default::default()
         })
-        .map_err(|e| DatapathError::Program(name, e))?;
+        .with_context(|| format!("test run of {name}"))?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))
 }
@@ -96,14 +103,14 @@ pub struct PassProgram {
 }
 
 impl PassProgram {
-    pub fn attach(iface: &str) -> Result<Self, DatapathError> {
+    pub fn attach(iface: &str) -> Result<Self> {
         Ok(Self {
             ebpf: attached("xdp_pass", iface)?,
         })
     }
 
     /// Loaded but not attached: the no-op baseline of the microbenchmark.
-    pub fn load_only() -> Result<Self, DatapathError> {
+    pub fn load_only() -> Result<Self> {
         Ok(Self {
             ebpf: load("xdp_pass")?,
         })
@@ -121,11 +128,11 @@ pub struct NoopRedirect {
 }
 
 impl NoopRedirect {
-    pub fn attach(iface: &str, egress_ifindex: u32) -> Result<Self, DatapathError> {
+    pub fn attach(iface: &str, egress_ifindex: u32) -> Result<Self> {
         let mut ebpf = attached("xdp_redirect_noop", iface)?;
         let mut port: DevMap<MapData> = take(&mut ebpf, names::NOOP_PORT)?;
         port.set(0, egress_ifindex, None, 0)
-            .map_err(|e| DatapathError::TxPort(egress_ifindex, e))?;
+            .with_context(|| format!("ifindex {egress_ifindex} as the egress port"))?;
         // The map stays referenced by the loaded program.
         Ok(Self { _ebpf: ebpf })
     }
@@ -146,19 +153,15 @@ impl MinNat {
     /// Loaded and configured, not attached (for [`Self::run`] and test
     /// runs): frames leave with `macs` through `egress_ifindex`; the table
     /// holds up to `capacity` mappings.
-    pub fn load(
-        macs: MinNatConfig,
-        egress_ifindex: u32,
-        capacity: u32,
-    ) -> Result<Self, DatapathError> {
+    pub fn load(macs: MinNatConfig, egress_ifindex: u32, capacity: u32) -> Result<Self> {
         let mut ebpf = load_sized(Self::PROGRAM, &[(names::MIN_NAT_TABLE, capacity)])?;
         let mut config: Array<MapData, MinNatConfig> = take(&mut ebpf, names::MIN_NAT_CONFIG)?;
         config
             .set(0, macs, 0)
-            .map_err(map_err(names::MIN_NAT_CONFIG))?;
+            .with_context(|| format!("map {}", names::MIN_NAT_CONFIG))?;
         let mut port: DevMap<MapData> = take(&mut ebpf, names::MIN_NAT_PORT)?;
         port.set(0, egress_ifindex, None, 0)
-            .map_err(|e| DatapathError::TxPort(egress_ifindex, e))?;
+            .with_context(|| format!("ifindex {egress_ifindex} as the egress port"))?;
         let table = take(&mut ebpf, names::MIN_NAT_TABLE)?;
         Ok(Self { ebpf, table })
     }
@@ -170,7 +173,7 @@ impl MinNat {
         macs: MinNatConfig,
         egress_ifindex: u32,
         capacity: u32,
-    ) -> Result<Self, DatapathError> {
+    ) -> Result<Self> {
         let mut nat = Self::load(macs, egress_ifindex, capacity)?;
         attach_native(&mut nat.ebpf, Self::PROGRAM, iface)?;
         Ok(nat)
@@ -181,11 +184,11 @@ impl MinNat {
     pub fn insert_all(
         &mut self,
         mappings: impl IntoIterator<Item = (Ipv4Addr, Ipv4Addr)>,
-    ) -> Result<(), DatapathError> {
+    ) -> Result<()> {
         for (from, to) in mappings {
             self.table
                 .insert(from.octets(), to.octets(), 0)
-                .map_err(map_err(names::MIN_NAT_TABLE))?;
+                .with_context(|| format!("map {}", names::MIN_NAT_TABLE))?;
         }
         Ok(())
     }
@@ -196,7 +199,7 @@ impl MinNat {
     }
 
     /// Runs the program once on `frame`; returns its action and output.
-    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), DatapathError> {
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         run_once(self.program(), Self::PROGRAM, frame)
     }
 }
@@ -209,26 +212,26 @@ pub struct Sink {
 
 impl Sink {
     /// Frames count as good when their destination is in `prefix/len`.
-    pub fn attach(iface: &str, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
+    pub fn attach(iface: &str, prefix: [u8; 4], len: u8) -> Result<Self> {
         Self::configure(attached("xdp_sink", iface)?, prefix, len)
     }
 
     /// Loaded but not attached, for feeding it frames with [`Self::run`].
-    pub fn detached(prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
+    pub fn detached(prefix: [u8; 4], len: u8) -> Result<Self> {
         Self::configure(load("xdp_sink")?, prefix, len)
     }
 
     /// Runs the sink once on `frame` (BPF_PROG_TEST_RUN); returns its action.
-    pub fn run(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
+    pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         let program = xdp(&mut self._ebpf, "xdp_sink")?;
         Ok(run_once(program, "xdp_sink", frame)?.0)
     }
 
-    fn configure(mut ebpf: Ebpf, prefix: [u8; 4], len: u8) -> Result<Self, DatapathError> {
+    fn configure(mut ebpf: Ebpf, prefix: [u8; 4], len: u8) -> Result<Self> {
         let mask = (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)).to_be_bytes();
         let mut cfg: Array<MapData, SinkConfig> = take(&mut ebpf, names::SINK_CONFIG)?;
         cfg.set(0, SinkConfig { prefix, mask }, 0)
-            .map_err(map_err(names::SINK_CONFIG))?;
+            .with_context(|| format!("map {}", names::SINK_CONFIG))?;
         let counters = take(&mut ebpf, names::SINK_COUNTERS)?;
         Ok(Self {
             _ebpf: ebpf,
@@ -236,11 +239,11 @@ impl Sink {
         })
     }
 
-    pub fn counters(&self) -> Result<SinkCounters, DatapathError> {
+    pub fn counters(&self) -> Result<SinkCounters> {
         let per_cpu = self
             .counters
             .get(&0, 0)
-            .map_err(map_err(names::SINK_COUNTERS))?;
+            .with_context(|| format!("map {}", names::SINK_COUNTERS))?;
         Ok(per_cpu
             .iter()
             .fold(SinkCounters::default(), |a, c| SinkCounters {
@@ -316,11 +319,13 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn new(ifindex: u32, traffic: &Traffic) -> Result<Self, DatapathError> {
+    pub fn new(ifindex: u32, traffic: &Traffic) -> Result<Self> {
         let mut ebpf = load("xdp_gen")?;
         let (template, cfg) = traffic.build();
         let mut config: Array<MapData, GenConfig> = take(&mut ebpf, names::GEN_CONFIG)?;
-        config.set(0, cfg, 0).map_err(map_err(names::GEN_CONFIG))?;
+        config
+            .set(0, cfg, 0)
+            .with_context(|| format!("map {}", names::GEN_CONFIG))?;
         Ok(Self {
             ebpf,
             template,
@@ -330,14 +335,14 @@ impl Generator {
 
     /// Runs the program once on the template, without transmitting, and
     /// returns the frame it produced: what every live frame looks like.
-    pub fn sample(&mut self) -> Result<Vec<u8>, DatapathError> {
+    pub fn sample(&mut self) -> Result<Vec<u8>> {
         let program = xdp(&mut self.ebpf, "xdp_gen")?;
         Ok(run_once(program, "xdp_gen", &self.template)?.1)
     }
 
     /// Sends `frames` frames, in batches of 64; returns how long it took.
     /// Call from a thread inside the generator's namespace.
-    pub fn send(&mut self, frames: u32) -> Result<Duration, DatapathError> {
+    pub fn send(&mut self, frames: u32) -> Result<Duration> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let md: [u32; 6] = [0, self.template.len() as u32, 0, self.ifindex, 0, 0];
@@ -351,7 +356,7 @@ impl Generator {
                 attrs: TestRunAttrs::new().xdp_live_frames(64),
                 ..Default::default()
             })
-            .map_err(|e| DatapathError::Program("xdp_gen", e))?;
+            .context("live-frame test run of xdp_gen")?;
         Ok(start.elapsed())
     }
 }

@@ -1,6 +1,9 @@
-//! Programs for veth rigs (tests, demo, benchmark); the agent never loads
-//! them. They share the object so the agent binary carries everything a
-//! rig needs.
+//! Programs for veth rigs (tests, demo, benchmark): a pass-through
+//! receiver, a no-op redirector, the minimal NAT the benchmark compares
+//! with, a live-frame traffic generator and a counting sink. An object of
+//! their own: the agent's (`eip-nat-ebpf`) holds only what a gateway runs.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
@@ -9,13 +12,25 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use eip_nat_common::{
+    bytes::copy_bytes,
     csum,
     ipv4::{self, ETH_HLEN, ETH_P_IP_BYTES, PROTO_UDP},
-    maps::{GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN},
+};
+use eip_nat_rig_common::{
+    GenConfig, Ipv4Key, MinNatConfig, SinkConfig, SinkCounters, GEN_HEADER_LEN,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::packet::{copy_bytes, ptr_at};
+/// Pointer to a `T` at `offset`, if the whole `T` lies inside the packet
+/// (the datapath's own, in `eip-nat-ebpf/src/packet.rs`, is the same).
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
 
 /// Does nothing but exist. A veth hands frames that another interface
 /// redirected into it (`ndo_xdp_xmit`) to its peer only when the peer runs
@@ -202,3 +217,15 @@ fn min_nat(ctx: &XdpContext) -> Option<u32> {
     }
     Some(MIN_NAT_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED))
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible, as the datapath's, so the kernel lets the programs use
+/// every helper they need.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
