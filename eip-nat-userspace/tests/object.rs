@@ -55,6 +55,8 @@ fn the_agents_object_holds_only_the_gateways_programs_and_maps() {
         names::NEXTHOPS,
         names::ROUTES,
         names::PUBLIC_ACCEPT,
+        names::TRACE_CONFIG,
+        names::TRACE_EVENTS,
         // aya-log's buffer, which `aya_log::EbpfLogger` reads.
         "AYA_LOGS",
     ]);
