@@ -7,7 +7,7 @@ use std::{
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use std::future::IntoFuture;
@@ -27,10 +27,12 @@ use crate::{
     config::AgentConfig,
     datapath::{mode_name, Attached, Datapath, LoadOptions},
     gateway::Gateway,
+    reads::Reads,
     routes::{self, Routes},
     server,
+    status::{Phase, Status},
     store::Store,
-    sysctl,
+    sysctl, writer,
 };
 
 /// The datapath's own ICMP errors, per CPU: the kernel's defaults for its
@@ -246,118 +248,113 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir)?;
     // Opens the pinned maps (creating them if there are none), writes none.
-    let datapath = Datapath::load(LoadOptions {
+    let mut datapath = Datapath::load(LoadOptions {
         max_associations: cfg.limits.max_associations,
         kernel_log_level: log::max_level(),
         pin_maps: Some(maps_dir(&cfg.bpffs_dir)),
     })?;
+    spawn_logger(&mut datapath);
     let routes = Routes::open()?;
     // Subscribed before the tables are read, so no change falls between.
     let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
-    let mut opening = Gateway::prepare(store, datapath, Some(routes), cfg.limits)?;
-
-    // Checked: from here on the agent changes the live gateway.
-    let datapath = opening.datapath_mut();
-    // Keep the generation a previous agent recorded until the reconcile
-    // has made it true for this one.
-    let previous = datapath.config()?;
-    datapath.set_config(Config {
-        public_ifindex: public,
-        private_ifindex: private,
-        flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
-        reserved: 0,
-        generation: previous.generation,
-    })?;
-    datapath.set_icmp_config(icmp)?;
-    // The fast path forwards between the two interfaces only; anything
-    // routed elsewhere falls back to the kernel.
-    for ifindex in [public, private] {
-        datapath.add_tx_port(ifindex)?;
-    }
-    spawn_logger(datapath);
-    let (mut gateway, report) = opening.open()?;
-    // Before the program is attached: the public side reaches nothing but
-    // the EIPs and what this lists.
-    gateway.set_routed_prefixes(cfg.routed_prefixes.clone())?;
-    let generation = gateway.generation().generation;
-    log::info!(
-        "desired state: generation {generation}, {} ENIs, {} associations; reconciled: \
-         {} entries written, {} removed, {} routes written, {} removed",
-        gateway.state().enis().count(),
-        gateway.state().associations().count(),
-        report.entries_written,
-        report.entries_removed,
-        report.routes_written,
-        report.routes_removed
-    );
-    if report.routes_conflicting > 0 {
-        log::warn!(
-            "{} routes left to their owners: another's route to the same address is in place",
-            report.routes_conflicting
-        );
-    }
-    let gateway = Arc::new(Mutex::new(gateway));
-    let _monitor = monitor.follow(Arc::clone(&gateway));
-    // Attach last: by now the maps hold the whole desired state, so the
-    // program taking over a pinned link sees the same tables as the one it
-    // replaces.
-    for iface in [&cfg.public_if, &cfg.private_if] {
-        let pin = link_pin(&cfg.bpffs_dir, iface);
-        let attached = gateway
-            .lock()
-            .expect("not poisoned yet")
-            .datapath_mut()
-            .attach_pinned(iface, cfg.xdp_mode, &pin)?;
-        match attached {
-            Attached::New(mode) => log::info!("attached to {iface} ({} XDP)", mode_name(mode)),
-            Attached::Replaced => log::info!("took over the program on {iface} (atomic replace)"),
-        }
-    }
-    remove_stale_links(&cfg)?;
-    if cfg.fast_path {
-        log::info!(
-            "fast path on: translated packets are forwarded with XDP_REDIRECT (a veth peer \
-             needs an XDP program or GRO on to receive them)"
-        );
-    } else {
-        log::info!("fast path off: translated packets are passed to the kernel to route");
-    }
+    // Readers are answered from here on, while the writer loads the state
+    // and reconciles (a million associations take seconds): from the
+    // store's committed snapshot and the counters, with the progress.
+    let status = Arc::new(Status::new(
+        store.generation()?,
+        datapath.config()?.generation,
+    ));
+    let reads = Reads {
+        store: store.reader(),
+        counters: datapath.counters(),
+        status: Arc::clone(&status),
+    };
+    let (writer, requests) = writer::channel();
+    let shared = server::Shared {
+        writer: writer.clone(),
+        reads,
+    };
+    let monitor = monitor.follow(writer.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let unix = tokio::spawn(
-        axum::serve(listener, server::router(Arc::clone(&gateway)))
+        axum::serve(listener, server::router(shared.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
     log::info!("serving the API on {}", cfg.socket.display());
     let tcp = tcp_listener.map(|(addr, listener, token)| {
         log::info!("serving the API on tcp://{addr} (token required)");
-        let router = server::router_with_token(Arc::clone(&gateway), Arc::new(token));
+        let router = server::router_with_token(shared.clone(), Arc::new(token));
         tokio::spawn(
             axum::serve(listener, router)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         )
     });
+    drop(shared);
+
+    // The writer thread starts the gateway, then serves the writes.
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let start_cfg = cfg.clone();
+    let writer_thread = std::thread::Builder::new()
+        .name("eip-nat-writer".into())
+        .spawn(move || {
+            let start = Start {
+                cfg: &start_cfg,
+                public,
+                private,
+                icmp,
+            };
+            match start.run(store, datapath, routes, status) {
+                Ok(gateway) => {
+                    let _ = started_tx.send(Ok(()));
+                    writer::serve(gateway, requests);
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            }
+        })?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigint.recv() => {},
-        _ = sigterm.recv() => {},
-    }
+    let failed = tokio::select! {
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+        started = started => match started {
+            Ok(Ok(())) => {
+                tokio::select! {
+                    _ = sigint.recv() => {},
+                    _ = sigterm.recv() => {},
+                }
+                None
+            }
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(anyhow::anyhow!("the writer thread stopped while starting")),
+        },
+    };
     let _ = stop_tx.send(true);
     let _ = unix.await;
     if let Some(tcp) = tcp {
         let _ = tcp.await;
     }
     drop(socket_file);
-    // Dropping the gateway closes this process's descriptors; the pinned
-    // links and maps keep the datapath running without it.
-    drop(gateway);
+    // With every sender gone, the writer finishes what it holds and stops;
+    // dropping the gateway closes this process's descriptors, and the
+    // pinned links and maps keep the datapath running without it.
+    monitor.abort();
+    let _ = monitor.await;
+    drop(writer);
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if cfg.detach_on_exit {
         log::info!("stopping: removing the datapath and its routes");
         teardown(&cfg.bpffs_dir)?;
@@ -368,4 +365,101 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The start, on the writer thread: every check first (an agent refused
+/// here has changed nothing live), then the configuration, the reconcile
+/// and the attachment.
+struct Start<'a> {
+    cfg: &'a AgentConfig,
+    public: u32,
+    private: u32,
+    icmp: IcmpConfig,
+}
+
+impl Start<'_> {
+    fn run(
+        self,
+        store: Store,
+        datapath: Datapath,
+        routes: Routes,
+        status: Arc<Status>,
+    ) -> Result<Gateway> {
+        let Self {
+            cfg,
+            public,
+            private,
+            icmp,
+        } = self;
+        let mut opening = Gateway::prepare(store, datapath, Some(routes), cfg.limits, status)?;
+
+        // Checked: from here on the agent changes the live gateway.
+        let datapath = opening.datapath_mut();
+        // Keep the generation a previous agent recorded until the reconcile
+        // has made it true for this one.
+        let previous = datapath.config()?;
+        datapath.set_config(Config {
+            public_ifindex: public,
+            private_ifindex: private,
+            flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
+            reserved: 0,
+            generation: previous.generation,
+        })?;
+        datapath.set_icmp_config(icmp)?;
+        // The fast path forwards between the two interfaces only; anything
+        // routed elsewhere falls back to the kernel.
+        for ifindex in [public, private] {
+            datapath.add_tx_port(ifindex)?;
+        }
+        let (mut gateway, report) = opening.open()?;
+        // Before the program is attached: the public side reaches nothing
+        // but the EIPs and what this lists.
+        gateway.set_routed_prefixes(cfg.routed_prefixes.clone())?;
+        let generation = gateway.generation().generation;
+        log::info!(
+            "desired state: generation {generation}, {} ENIs, {} associations; reconciled: \
+             {} entries written, {} removed, {} routes written, {} removed",
+            gateway.state().enis().count(),
+            gateway.state().associations().count(),
+            report.entries_written,
+            report.entries_removed,
+            report.routes_written,
+            report.routes_removed
+        );
+        if report.routes_conflicting > 0 {
+            log::warn!(
+                "{} routes left to their owners: another's route to the same address is in place",
+                report.routes_conflicting
+            );
+        }
+        // Attach last: by now the maps hold the whole desired state, so the
+        // program taking over a pinned link sees the same tables as the one
+        // it replaces.
+        gateway.status().phase(Phase::Attaching, 2);
+        for iface in [&cfg.public_if, &cfg.private_if] {
+            let pin = link_pin(&cfg.bpffs_dir, iface);
+            let attached = gateway
+                .datapath_mut()
+                .attach_pinned(iface, cfg.xdp_mode, &pin)?;
+            match attached {
+                Attached::New(mode) => log::info!("attached to {iface} ({} XDP)", mode_name(mode)),
+                Attached::Replaced => {
+                    log::info!("took over the program on {iface} (atomic replace)")
+                }
+            }
+            gateway.status().step();
+        }
+        remove_stale_links(cfg)?;
+        if cfg.fast_path {
+            log::info!(
+                "fast path on: translated packets are forwarded with XDP_REDIRECT (a veth peer \
+                 needs an XDP program or GRO on to receive them)"
+            );
+        } else {
+            log::info!("fast path off: translated packets are passed to the kernel to route");
+        }
+        gateway.status().done();
+        log::info!("serving writes");
+        Ok(gateway)
+    }
 }

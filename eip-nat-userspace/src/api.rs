@@ -16,10 +16,24 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The generation of the desired state (bumped by every accepted event or
 /// batch) and the one the datapath reflects. They differ only while an
 /// update is being applied, or after the datapath failed to take one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
     pub generation: u64,
     pub applied_generation: u64,
+    /// While the agent starts (or redoes the whole datapath): how far it
+    /// is. Writes wait until it ends; reads are answered throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileProgress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileProgress {
+    /// `loading` (the store), `next_hops` (reading the kernel's tables),
+    /// `routes`, `entries`, `attaching`.
+    pub phase: String,
+    pub done: u64,
+    /// Steps in this phase; 0 if not known.
+    pub total: u64,
 }
 
 /// `POST /v1/batch`: events applied all or nothing, as one generation.

@@ -1,13 +1,13 @@
 //! The loaded XDP program and its maps, behind a typed API.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, sync::Arc};
 
 use ipnet::Ipv4Net;
 
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, DevMap, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+        Array, DevMap, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -147,8 +147,10 @@ pub struct Datapath {
     tx_ports: DevMapHash<MapData>,
     tx_slots: DevMap<MapData>,
     addresses: HashMap<MapData, Ipv4Key, AddrEntry>,
-    verdicts: PerCpuArray<MapData, VerdictCounter>,
+    /// Written here (a new association's counters start at zero)…
     eip_counters: PerCpuArray<MapData, EipCounters>,
+    /// …and read there, from any thread, without the writer.
+    counters: Arc<Counters>,
     nexthops: Array<MapData, NextHop>,
     routes: LpmTrie<MapData, Ipv4Key, u32>,
     public_accept: LpmTrie<MapData, Ipv4Key, u32>,
@@ -171,6 +173,37 @@ where
 }
 
 /// Wraps a map error with the map's name.
+/// Takes map `name` out of the object twice: two handles on one map, so
+/// that readers on other threads need not share the writer's.
+fn take_two<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<(T, T), DatapathError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
+    let data = match &map {
+        Map::PerCpuArray(d) | Map::Array(d) | Map::HashMap(d) => d,
+        _ => return Err(DatapathError::Missing(name)),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })?;
+    let second = MapData::from_fd(fd)
+        .and_then(Map::from_map_data)
+        .map_err(map_err(name))?;
+    Ok((
+        T::try_from(map).map_err(map_err(name))?,
+        T::try_from(second).map_err(map_err(name))?,
+    ))
+}
+
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
@@ -224,13 +257,17 @@ impl Datapath {
         program
             .load()
             .map_err(|e| DatapathError::Program(PROGRAM, e))?;
+        let (eip_counters, eip_counters_read) = take_two(&mut ebpf, names::EIP_COUNTERS)?;
         Ok(Self {
             config: take(&mut ebpf, names::CONFIG)?,
             tx_ports: take(&mut ebpf, names::TX_PORTS)?,
             tx_slots: take(&mut ebpf, names::TX_SLOTS)?,
             addresses: take(&mut ebpf, names::ADDRESSES)?,
-            verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
-            eip_counters: take(&mut ebpf, names::EIP_COUNTERS)?,
+            eip_counters,
+            counters: Arc::new(Counters {
+                verdicts: take(&mut ebpf, names::VERDICT_COUNTERS)?,
+                eips: eip_counters_read,
+            }),
             nexthops: take(&mut ebpf, names::NEXTHOPS)?,
             routes: take(&mut ebpf, names::ROUTES)?,
             public_accept: take(&mut ebpf, names::PUBLIC_ACCEPT)?,
@@ -606,10 +643,32 @@ impl Datapath {
             .collect()
     }
 
-    /// Global counters, summed over CPUs, for every (direction, verdict).
+    /// The counters, for readers on any thread.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
     pub fn verdict_counters(
         &self,
     ) -> Result<Vec<(Direction, Verdict, VerdictCounter)>, DatapathError> {
+        self.counters.verdicts()
+    }
+
+    pub fn eip_counters(&self, slot: u32) -> Result<EipCounters, DatapathError> {
+        self.counters.eip(slot)
+    }
+}
+
+/// The datapath's counters, read-only: per CPU in the kernel, summed here
+/// at read time (no copy is kept).
+pub struct Counters {
+    verdicts: PerCpuArray<MapData, VerdictCounter>,
+    eips: PerCpuArray<MapData, EipCounters>,
+}
+
+impl Counters {
+    /// Global counters, summed over CPUs, for every (direction, verdict).
+    pub fn verdicts(&self) -> Result<Vec<(Direction, Verdict, VerdictCounter)>, DatapathError> {
         let mut out = Vec::with_capacity(Direction::COUNT * Verdict::COUNT);
         for d in Direction::ALL {
             for v in Verdict::ALL {
@@ -626,9 +685,9 @@ impl Datapath {
     }
 
     /// Counters of the association in `slot`, summed over CPUs.
-    pub fn eip_counters(&self, slot: u32) -> Result<EipCounters, DatapathError> {
+    pub fn eip(&self, slot: u32) -> Result<EipCounters, DatapathError> {
         let per_cpu = self
-            .eip_counters
+            .eips
             .get(&slot, 0)
             .map_err(map_err(names::EIP_COUNTERS))?;
         let mut sum = EipCounters::default();

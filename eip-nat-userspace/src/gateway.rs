@@ -1,24 +1,33 @@
 //! The agent's state: the rule-checked model, its durable copy, the
 //! datapath's maps and the host routes, changed in that order.
 //!
-//! An event is checked against the rules, then committed to the store
-//! (the desired state), then applied to the maps and routes, and only then
-//! answered. The store is the truth: if the agent dies between the commit
-//! and the datapath, the next agent's reconcile applies the difference.
+//! A group of writes is checked against the rules, then committed to the
+//! store (the desired state) in one transaction, then applied to the maps
+//! and routes, and only then answered. The store is the truth: if the
+//! agent dies between the commit and the datapath, the next agent's
+//! reconcile applies the difference. One thread owns the gateway
+//! (`writer.rs`); readers use the store's snapshots and the counters
+//! (`reads.rs`), and never wait for it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use eip_nat_common::AddrEntry;
 use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::{
-    api::{EipStat, Generation, Stats, VerdictStat},
+    api::{Batch, Generation},
     datapath::{Datapath, DatapathError},
-    model::{tables, Event, Journal, Limits, Location, RuleError, State, Touched},
+    desired::{Desired, HostChecks, Write},
+    model::{tables, Event, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
     public_access,
     routes::{host_route, ForeignRoute, RouteError, Routes},
+    status::{Phase, Status},
     store::{Store, StoreError},
 };
 
@@ -43,18 +52,27 @@ pub enum GatewayError {
     #[error("the state store is new, but the pinned datapath holds {0} entries from an earlier agent; refusing to clear them: restore the state directory, or run `eip-nat teardown` to start from nothing")]
     NewStoreOverLiveDatapath(usize),
     #[error("recording the change failed; nothing changed")]
-    Store(#[source] Box<StoreError>),
+    Store(#[source] Arc<StoreError>),
     #[error("the change is recorded (generation {generation}) but the datapath did not take it; it is retried on the next change or restart")]
     Datapath {
         generation: u64,
         #[source]
-        source: Box<ApplyError>,
+        source: Arc<ApplyError>,
     },
+    #[error("the agent is stopping; the change was not made")]
+    Stopped,
 }
 
 impl From<StoreError> for GatewayError {
     fn from(e: StoreError) -> Self {
-        Self::Store(Box::new(e))
+        Self::Store(Arc::new(e))
+    }
+}
+
+fn datapath_error(generation: u64, source: impl Into<ApplyError>) -> GatewayError {
+    GatewayError::Datapath {
+        generation,
+        source: Arc::new(source.into()),
     }
 }
 
@@ -93,16 +111,14 @@ pub struct Reconciled {
 }
 
 pub struct Gateway {
-    state: State,
-    generation: u64,
+    desired: Desired,
     applied: u64,
-    store: Store,
     datapath: Datapath,
     /// None: leave the routing table alone (test-run harnesses).
     routes: Option<Routes>,
     /// The addresses that have a route of ours, so that an address that
     /// never had one costs no netlink round trip.
-    routed: std::collections::BTreeSet<Ipv4Addr>,
+    routed: BTreeSet<Ipv4Addr>,
     /// The programmed next hops; None with no routing table to follow
     /// (test-run harnesses), where the fast path asks the FIB.
     nexthops: Option<NextHops>,
@@ -111,6 +127,8 @@ pub struct Gateway {
     /// left it, so a restart opens nothing and closes nothing meanwhile).
     routed_prefixes: Vec<Ipv4Net>,
     public_accept: Option<BTreeMap<Ipv4Net, u32>>,
+    /// What readers see of the writer's progress.
+    status: Arc<Status>,
 }
 
 /// An error and its sources on one line.
@@ -148,11 +166,10 @@ fn set_route(routes: &mut Routes, addr: Ipv4Addr, location: &Location) -> Result
 /// A desired state loaded and checked against the datapath it is to take
 /// over ([`Gateway::prepare`]); nothing live has changed yet.
 pub struct Opening {
-    state: State,
-    generation: u64,
-    store: Store,
+    desired: Desired,
     datapath: Datapath,
     routes: Option<Routes>,
+    status: Arc<Status>,
 }
 
 impl Opening {
@@ -167,43 +184,38 @@ impl Opening {
     /// packets throughout.
     pub fn open(self) -> Result<(Gateway, Reconciled), GatewayError> {
         let Self {
-            state,
-            generation,
-            store,
+            desired,
             datapath,
             routes,
+            status,
         } = self;
+        let generation = desired.generation;
         let nexthops = match &routes {
             Some(_) => {
-                let ports = datapath.tx_ports().map_err(|e| GatewayError::Datapath {
-                    generation,
-                    source: Box::new(e.into()),
-                })?;
-                let loaded =
-                    NextHops::load(&datapath, ports).map_err(|e| GatewayError::Datapath {
-                        generation,
-                        source: Box::new(ApplyError::Kernel(e)),
-                    })?;
+                status.phase(Phase::NextHops, 0);
+                let ports = datapath
+                    .tx_ports()
+                    .map_err(|e| datapath_error(generation, e))?;
+                let loaded = NextHops::load(&datapath, ports)
+                    .map_err(|e| datapath_error(generation, ApplyError::Kernel(e)))?;
                 Some(loaded)
             }
             None => None,
         };
         let mut gw = Gateway {
-            state,
-            generation,
+            desired,
             applied: 0,
-            store,
             datapath,
             routes,
             routed: Default::default(),
             nexthops,
             routed_prefixes: Vec::new(),
             public_accept: None,
+            status,
         };
-        let report = gw.reconcile().map_err(|source| GatewayError::Datapath {
-            generation,
-            source: Box::new(source),
-        })?;
+        let report = gw
+            .reconcile_all()
+            .map_err(|source| datapath_error(generation, source))?;
         Ok((gw, report))
     }
 }
@@ -217,7 +229,8 @@ impl Gateway {
         routes: Option<Routes>,
         limits: Limits,
     ) -> Result<(Self, Reconciled), GatewayError> {
-        Self::prepare(store, datapath, routes, limits)?.open()
+        let status = Arc::new(Status::new(store.generation()?, 0));
+        Self::prepare(store, datapath, routes, limits, status)?.open()
     }
 
     /// Loads the desired state from `store` and checks that it may take
@@ -228,25 +241,27 @@ impl Gateway {
         datapath: Datapath,
         routes: Option<Routes>,
         limits: Limits,
+        status: Arc<Status>,
     ) -> Result<Opening, GatewayError> {
-        let (state, generation) = store.load(limits)?;
         // A new (or lost) store must not wipe a datapath that is serving:
         // that is an operator's decision, not a side effect of a restart.
-        if generation == 0 {
-            let serving = datapath.entries().map_err(|e| GatewayError::Datapath {
-                generation,
-                source: Box::new(e.into()),
-            })?;
+        if store.generation()? == 0 {
+            let serving = datapath.entries().map_err(|e| datapath_error(0, e))?;
             if !serving.is_empty() {
                 return Err(GatewayError::NewStoreOverLiveDatapath(serving.len()));
             }
         }
+        status.phase(Phase::Loading, 0);
+        let (state, generation) = store.load(limits)?;
         Ok(Opening {
-            state,
-            generation,
-            store,
+            desired: Desired {
+                state,
+                generation,
+                store,
+            },
             datapath,
             routes,
+            status,
         })
     }
 
@@ -258,10 +273,19 @@ impl Gateway {
 
     /// Brings the maps and routes in line with the whole desired state.
     pub fn reconcile(&mut self) -> Result<Reconciled, ApplyError> {
+        let r = self.reconcile_all();
+        self.status.done();
+        r
+    }
+
+    /// [`Gateway::reconcile`], leaving the progress shown (the agent's
+    /// start goes on to attach).
+    fn reconcile_all(&mut self) -> Result<Reconciled, ApplyError> {
         let mut r = Reconciled::default();
         // Routes first: the next hops in the entries are resolved from them.
         if let Some(routes) = &mut self.routes {
-            let desired = tables::all_routes(&self.state);
+            let desired = tables::all_routes(&self.desired.state);
+            self.status.phase(Phase::Routes, desired.len());
             let current = routes.list()?;
             for addr in current.keys().filter(|a| !desired.contains_key(a)) {
                 routes.delete(*addr)?;
@@ -277,6 +301,7 @@ impl Gateway {
                 } else {
                     r.routes_conflicting += 1;
                 }
+                self.status.step();
             }
         }
         if let Some(nh) = &mut self.nexthops {
@@ -290,7 +315,8 @@ impl Gateway {
                 nh.sync_all(&mut self.datapath)?;
             }
         }
-        let mut desired = tables::all_entries(&self.state);
+        let mut desired = tables::all_entries(&self.desired.state);
+        self.status.phase(Phase::Entries, desired.len());
         if let Some(nh) = &mut self.nexthops {
             for (addr, entry) in desired.iter_mut() {
                 if entry.is_eip() {
@@ -315,12 +341,13 @@ impl Gateway {
                 self.datapath.put_entry(*addr, Some(*entry))?;
                 r.entries_written += 1;
             }
+            self.status.step();
         }
         if let Some(nh) = &mut self.nexthops {
             nh.settle(&mut self.datapath)?;
         }
         self.datapath.rebuild_filter(desired.keys().copied())?;
-        self.mark_applied(self.generation)?;
+        self.mark_applied(self.desired.generation)?;
         Ok(r)
     }
 
@@ -329,17 +356,19 @@ impl Gateway {
         config.generation = generation;
         self.datapath.set_config(config)?;
         self.applied = generation;
+        self.status.set_applied(generation);
         Ok(())
     }
 
     pub fn state(&self) -> &State {
-        &self.state
+        &self.desired.state
     }
 
     pub fn generation(&self) -> Generation {
         Generation {
-            generation: self.generation,
+            generation: self.desired.generation,
             applied_generation: self.applied,
+            reconcile: None,
         }
     }
 
@@ -351,32 +380,16 @@ impl Gateway {
         &mut self.datapath
     }
 
-    /// Facts about this host that the model cannot check: an ENI's
-    /// interface must exist here, and its next hop be directly reachable.
-    fn check_host(&mut self, event: &Event) -> Result<(), GatewayError> {
-        let location = match event {
-            Event::CreateEni { location, .. }
-            | Event::AttachEni { location, .. }
-            | Event::MoveEni { location, .. }
-            | Event::LocateEni { location, .. } => location,
-            _ => return Ok(()),
-        };
-        match &mut self.routes {
-            Some(routes) => routes.check(location).map_err(GatewayError::BadLocation),
-            None => Ok(()),
-        }
+    /// What readers see of this gateway's progress.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
     }
 
     /// Applies one event: checked, recorded, then in the datapath.
     pub fn apply(&mut self, event: &Event) -> Result<Generation, GatewayError> {
-        let mut journal = Journal::new(&self.state);
-        match self.admit(&mut journal, event) {
-            Ok(touched) => self.commit(touched),
-            Err(e) => {
-                self.state.undo(journal);
-                Err(e)
-            }
-        }
+        self.write(&[Write::Event(event.clone())])
+            .pop()
+            .expect("one outcome per write")
     }
 
     /// Applies `events` all or nothing, as one generation.
@@ -385,95 +398,73 @@ impl Gateway {
         events: &[Event],
         if_generation: Option<u64>,
     ) -> Result<Generation, GatewayError> {
-        if let Some(expected) = if_generation.filter(|g| *g != self.generation) {
-            return Err(GatewayError::Stale {
-                expected,
-                current: self.generation,
-            });
+        let batch = Batch {
+            events: events.to_vec(),
+            if_generation,
+        };
+        self.write(&[Write::Batch(batch)])
+            .pop()
+            .expect("one outcome per write")
+    }
+
+    /// Applies a group of writes, each accepted or refused on its own, the
+    /// accepted ones recorded in one store transaction (group commit) and
+    /// then applied to the datapath; one outcome per write, in order.
+    pub fn write(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
+        let mut host = Host {
+            routes: &mut self.routes,
+            routed: &self.routed,
+        };
+        let mut group = self.desired.admit(writes, &mut host);
+        if let Err(e) = self.desired.record(&mut group) {
+            // Memory is back to what the store holds; nothing else changed.
+            let e = Arc::new(e);
+            return group
+                .outcomes
+                .into_iter()
+                .map(|o| o.and(Err(GatewayError::Store(Arc::clone(&e)))))
+                .collect();
         }
-        // Applied in place; a refusal puts back what the batch changed, so
-        // a batch costs what it touches, not a copy of the whole state.
-        let mut journal = Journal::new(&self.state);
-        let mut touched = Touched::default();
-        for (index, event) in events.iter().enumerate() {
-            match self.admit(&mut journal, event) {
-                Ok(t) => touched.merge(t),
-                Err(e) => {
-                    self.state.undo(journal);
-                    return Err(match e {
-                        GatewayError::Routes(_) => e,
-                        e => GatewayError::RefusedInBatch {
-                            index,
-                            error: Box::new(e),
-                        },
-                    });
+        let generation = group.generation;
+        let mut failed = None;
+        if group.accepted() > 0 {
+            self.status.set_generation(generation);
+            let before = generation - group.accepted() as u64;
+            let applied = if self.applied == before {
+                self.apply_touched(&group.touched)
+            } else {
+                // An earlier change did not reach the datapath: redo all.
+                self.reconcile().map(|_| ())
+            };
+            failed = applied
+                .and_then(|()| Ok(self.mark_applied(generation)?))
+                .err()
+                .map(Arc::new);
+        }
+        group
+            .outcomes
+            .into_iter()
+            .map(|o| {
+                let g = o?;
+                match &failed {
+                    Some(source) => Err(GatewayError::Datapath {
+                        generation: g,
+                        source: Arc::clone(source),
+                    }),
+                    None => Ok(Generation {
+                        generation: g,
+                        applied_generation: generation,
+                        reconcile: None,
+                    }),
                 }
-            }
-        }
-        self.commit(touched)
-    }
-
-    /// Applies `event` to the model, saving in `journal` what it changes,
-    /// if the host can carry it: on an error the caller undoes the journal.
-    fn admit(&mut self, journal: &mut Journal, event: &Event) -> Result<Touched, GatewayError> {
-        journal.save(&self.state, event);
-        self.check_host(event)?;
-        let touched = self.state.apply(event)?;
-        self.check_routes(&touched)?;
-        Ok(touched)
-    }
-
-    /// A route the change needs must not take the place of another's (an
-    /// operator's `/32`, say): refused before anything is recorded. Routes
-    /// the agent already has are its own, and cost no lookup.
-    fn check_routes(&mut self, touched: &Touched) -> Result<(), GatewayError> {
-        let Some(routes) = &mut self.routes else {
-            return Ok(());
-        };
-        for addr in &touched.addresses {
-            if self.routed.contains(addr) || tables::route_for(&self.state, *addr).is_none() {
-                continue;
-            }
-            let foreign = routes
-                .foreign(*addr)
-                .map_err(|e| GatewayError::Routes(Box::new(e)))?;
-            if let Some(f) = foreign {
-                return Err(GatewayError::RouteConflict(f));
-            }
-        }
-        Ok(())
-    }
-
-    fn commit(&mut self, touched: Touched) -> Result<Generation, GatewayError> {
-        let generation = self.generation + 1;
-        if let Err(e) = self.store.commit(&self.state, &touched, generation) {
-            // The store still holds the previous state; so must we.
-            self.state = self.store.load(self.state.limits())?.0;
-            return Err(e.into());
-        }
-        self.generation = generation;
-        let applied = if self.applied + 1 == generation {
-            self.apply_touched(&touched)
-        } else {
-            // An earlier change did not reach the datapath: redo all.
-            self.reconcile().map(|_| ())
-        };
-        applied.map_err(|source| GatewayError::Datapath {
-            generation,
-            source: Box::new(source),
-        })?;
-        self.mark_applied(generation)
-            .map_err(|e| GatewayError::Datapath {
-                generation,
-                source: Box::new(e.into()),
-            })?;
-        Ok(self.generation())
+            })
+            .collect()
     }
 
     fn apply_touched(&mut self, touched: &Touched) -> Result<(), ApplyError> {
         // A new association starts from zero.
         for eip in &touched.eips {
-            if let Some(a) = self.state.association(*eip) {
+            if let Some(a) = self.desired.state.association(*eip) {
                 self.datapath.reset_eip_counters(a.slot)?;
             }
         }
@@ -485,7 +476,7 @@ impl Gateway {
             let Some(routes) = &mut self.routes else {
                 break;
             };
-            match tables::route_for(&self.state, *addr) {
+            match tables::route_for(&self.desired.state, *addr) {
                 Some(location) => {
                     if !set_route(routes, *addr, &location)? {
                         self.routed.remove(addr);
@@ -525,7 +516,7 @@ impl Gateway {
     /// The `ADDRESSES` entry of `addr`, with the next hop of the address an
     /// EIP delivers to.
     fn entry(&mut self, addr: Ipv4Addr) -> Result<Option<AddrEntry>, DatapathError> {
-        let mut entry = tables::entry_for(&self.state, addr);
+        let mut entry = tables::entry_for(&self.desired.state, addr);
         if let Some(nh) = &mut self.nexthops {
             match &mut entry {
                 Some(e) if e.is_eip() => {
@@ -580,7 +571,7 @@ impl Gateway {
         };
         let rebind = nh.on_kernel(&mut self.datapath, m)?;
         for eip in rebind {
-            let mut entry = tables::entry_for(&self.state, eip);
+            let mut entry = tables::entry_for(&self.desired.state, eip);
             if let Some(e) = &mut entry {
                 e.nexthop = nh.id_of(eip);
             }
@@ -591,35 +582,49 @@ impl Gateway {
         self.sync_public_accept(false)?;
         Ok(())
     }
+}
 
-    pub fn stats(&self) -> Result<Stats, DatapathError> {
-        let verdicts = self
-            .datapath
-            .verdict_counters()?
-            .into_iter()
-            .map(|(d, v, c)| VerdictStat {
-                direction: d.name().into(),
-                verdict: v.name().into(),
-                code: v as u32,
-                drop: v.is_drop(),
-                packets: c.packets,
-                bytes: c.bytes,
-            })
-            .collect();
-        let mut eips = Vec::new();
-        for a in self.state.associations() {
-            let c = self.datapath.eip_counters(a.slot)?;
-            eips.push(EipStat {
-                eip: a.eip,
-                eni: a.eni.clone(),
-                mode: a.mode,
-                private_ip: a.private_ip,
-                in_packets: c.in_packets,
-                in_bytes: c.in_bytes,
-                out_packets: c.out_packets,
-                out_bytes: c.out_bytes,
-            });
+/// The host's side of an event's checks (see [`HostChecks`]).
+struct Host<'a> {
+    routes: &'a mut Option<Routes>,
+    routed: &'a BTreeSet<Ipv4Addr>,
+}
+
+impl HostChecks for Host<'_> {
+    /// An ENI's interface must exist here, and its next hop be directly
+    /// reachable: facts about this host that the model cannot check.
+    fn before(&mut self, event: &Event) -> Result<(), GatewayError> {
+        let location = match event {
+            Event::CreateEni { location, .. }
+            | Event::AttachEni { location, .. }
+            | Event::MoveEni { location, .. }
+            | Event::LocateEni { location, .. } => location,
+            _ => return Ok(()),
+        };
+        match self.routes {
+            Some(routes) => routes.check(location).map_err(GatewayError::BadLocation),
+            None => Ok(()),
         }
-        Ok(Stats { verdicts, eips })
+    }
+
+    /// A route the change needs must not take the place of another's (an
+    /// operator's `/32`, say): refused before anything is recorded. Routes
+    /// the agent already has are its own, and cost no lookup.
+    fn after(&mut self, state: &State, touched: &Touched) -> Result<(), GatewayError> {
+        let Some(routes) = self.routes else {
+            return Ok(());
+        };
+        for addr in &touched.addresses {
+            if self.routed.contains(addr) || tables::route_for(state, *addr).is_none() {
+                continue;
+            }
+            let foreign = routes
+                .foreign(*addr)
+                .map_err(|e| GatewayError::Routes(Box::new(e)))?;
+            if let Some(f) = foreign {
+                return Err(GatewayError::RouteConflict(f));
+            }
+        }
+        Ok(())
     }
 }

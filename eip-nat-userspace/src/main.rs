@@ -463,7 +463,11 @@ fn main() -> Result<ExitCode> {
                 .filter_level(cfg.log_level.parse()?)
                 .parse_env("RUST_LOG")
                 .init();
-            tokio::runtime::Builder::new_current_thread()
+            // Two threads: the API keeps answering while one is busy
+            // (large bodies are parsed and serialized on blocking threads,
+            // and the writer has its own thread).
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(agent::run(cfg))?;

@@ -3,8 +3,6 @@
 //! that a neighbour's new MAC, a changed route or a link going down reaches
 //! the datapath within milliseconds (docs/datapath.md, "Next hops").
 
-use std::sync::{Arc, Mutex};
-
 use futures_channel::mpsc::UnboundedReceiver;
 use futures_util::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -12,7 +10,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{new_multicast_connection, MulticastGroup};
 
-use crate::gateway::{chain, Gateway};
+use crate::writer::Writer;
 
 /// Socket receive buffer: a burst of notifications (a link flap with many
 /// neighbours) must not overflow it, or a change would be lost.
@@ -38,16 +36,17 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Applies every notification to `gateway`, until the socket closes.
-    pub fn follow(mut self, gateway: Arc<Mutex<Gateway>>) -> tokio::task::JoinHandle<()> {
+    /// Hands every notification to the writer, which applies them in
+    /// their turn (after the start's reconcile, for those that queue
+    /// meanwhile), until the socket closes or the writer stops.
+    pub fn follow(mut self, writer: Writer) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while let Some((msg, _)) = self.messages.next().await {
                 let NetlinkPayload::InnerMessage(m) = msg.payload else {
                     continue;
                 };
-                let mut gw = gateway.lock().expect("gateway lock");
-                if let Err(e) = gw.kernel_changed(&m) {
-                    log::warn!("following a kernel change: {}", chain(&e));
+                if writer.kernel_changed(m).is_err() {
+                    return;
                 }
             }
             log::error!("the rtnetlink monitor stopped; next hops no longer follow the kernel");

@@ -1,9 +1,13 @@
-//! The HTTP/JSON API's routes (described in `openapi.json`).
+//! The HTTP/JSON API's routes (described in `openapi.json`). Writes go to
+//! the writer thread and are answered when durable; reads are answered
+//! from the last committed snapshot, on blocking threads when large, so
+//! that neither a large batch nor a reconcile holds them up.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::{
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Request, State},
+    body::Bytes,
+    extract::{rejection::JsonRejection, DefaultBodyLimit, Query, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -12,12 +16,20 @@ use axum::{
 };
 
 use crate::{
-    api::{ApiError, Batch, EniView, ErrorBody, StateView, OPENAPI},
-    gateway::{chain, Gateway, GatewayError},
+    api::{ApiError, Batch, ErrorBody, OPENAPI},
+    desired::Write,
+    gateway::{chain, GatewayError},
     model::Event,
+    reads::Reads,
+    writer::Writer,
 };
 
-pub type Shared = Arc<Mutex<Gateway>>;
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub writer: Writer,
+    pub reads: Reads,
+}
 
 /// Largest request body the API takes.
 pub const MAX_BODY: usize = 64 << 20;
@@ -47,6 +59,7 @@ fn gateway_error(e: GatewayError) -> Response {
         | GatewayError::NewStoreOverLiveDatapath(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "failed")
         }
+        GatewayError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let message = chain(&e);
     if status.is_server_error() {
@@ -77,62 +90,71 @@ fn malformed(e: JsonRejection) -> Response {
     )
 }
 
-fn lock(gw: &Shared) -> std::sync::MutexGuard<'_, Gateway> {
-    // A panic while holding the lock cannot leave the model half-changed
-    // (every handler checks before it changes), so carry on.
-    gw.lock().unwrap_or_else(|p| p.into_inner())
+fn answer<T: serde::Serialize>(result: Result<T, GatewayError>) -> Response {
+    match result {
+        Ok(g) => Json(g).into_response(),
+        Err(e) => gateway_error(e),
+    }
 }
 
-async fn event(State(gw): State<Shared>, body: Result<Json<Event>, JsonRejection>) -> Response {
+/// Runs `f` on a blocking thread (parsing or serializing megabytes), so
+/// that the runtime's threads stay free for the small requests.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a blocking read does not panic")
+}
+
+async fn event(State(api): State<Shared>, body: Result<Json<Event>, JsonRejection>) -> Response {
     let Json(event) = match body {
         Ok(b) => b,
         Err(e) => return malformed(e),
     };
     log::debug!("event: {event:?}");
-    match lock(&gw).apply(&event) {
-        Ok(g) => Json(g).into_response(),
-        Err(e) => gateway_error(e),
-    }
+    answer(api.writer.write(Write::Event(event)).await)
 }
 
-async fn batch(State(gw): State<Shared>, body: Result<Json<Batch>, JsonRejection>) -> Response {
-    let Json(batch) = match body {
+async fn batch(State(api): State<Shared>, body: Bytes) -> Response {
+    let batch: Batch = match blocking(move || serde_json::from_slice(&body)).await {
         Ok(b) => b,
-        Err(e) => return malformed(e),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("malformed request: {e}"),
+            )
+        }
     };
     log::debug!("batch of {} events", batch.events.len());
-    match lock(&gw).apply_batch(&batch.events, batch.if_generation) {
-        Ok(g) => Json(g).into_response(),
-        Err(e) => gateway_error(e),
-    }
+    answer(api.writer.write(Write::Batch(batch)).await)
 }
 
-async fn state(State(gw): State<Shared>) -> Response {
-    let gw = lock(&gw);
-    let s = gw.state();
-    Json(StateView {
-        generation: gw.generation(),
-        enis: s
-            .enis()
-            .map(|(id, eni)| EniView {
-                id: id.clone(),
-                eni: eni.clone(),
-            })
-            .collect(),
-        associations: s.associations().cloned().collect(),
-    })
-    .into_response()
-}
-
-async fn generation(State(gw): State<Shared>) -> Response {
-    Json(lock(&gw).generation()).into_response()
-}
-
-async fn stats(State(gw): State<Shared>) -> Response {
-    match lock(&gw).stats() {
-        Ok(s) => Json(s).into_response(),
+/// A large JSON body, serialized on a blocking thread.
+async fn read_json<T: serde::Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::reads::ReadError> + Send + 'static,
+) -> Response {
+    let body = blocking(move || f().map(|v| serde_json::to_vec(&v).expect("serializes"))).await;
+    match body {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", chain(&e)),
     }
+}
+
+async fn state(State(api): State<Shared>) -> Response {
+    read_json(move || api.reads.state()).await
+}
+
+async fn generation(State(api): State<Shared>) -> Response {
+    Json(api.reads.generation()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    eip: Option<std::net::Ipv4Addr>,
+}
+
+async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response {
+    read_json(move || api.reads.stats(query.eip)).await
 }
 
 async fn openapi() -> Response {

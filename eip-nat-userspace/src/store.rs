@@ -1,10 +1,15 @@
 //! The desired state, durable: an embedded redb database in the state
-//! directory. Every accepted event (or batch) is one write transaction,
-//! committed with redb's default immediate durability before the datapath
-//! changes, so a `kill -9` at any point leaves a store that opens
-//! consistent: with or without that event, never half of it.
+//! directory. Every group of accepted events (one, or as many as arrived
+//! together: group commit) is one write transaction, committed with redb's
+//! default immediate durability before the datapath changes and before
+//! anyone is answered, so a `kill -9` at any point leaves a store that
+//! opens consistent: with or without each event, never half of one.
+//!
+//! Reads ([`Snapshot`]) are redb read transactions: they see the last
+//! committed state and neither wait for the writer nor hold it up (redb
+//! is copy-on-write, one writer and any number of readers).
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, sync::Arc};
 
 use redb::{backends::InMemoryBackend, Database, ReadableTable, TableDefinition, TableHandle};
 use thiserror::Error;
@@ -79,7 +84,7 @@ fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     /// Held (flock) while the store is open: one agent per state directory.
     _lock: Option<std::fs::File>,
 }
@@ -105,6 +110,16 @@ impl Store {
         Self::init(db)
     }
 
+    /// An in-memory store whose disk fails (every write and sync) while
+    /// the flag is set: a disk that fills up or goes away under the store.
+    #[cfg(test)]
+    pub fn faulty() -> Result<(Self, Arc<std::sync::atomic::AtomicBool>), StoreError> {
+        let backend = faulty::Faulty::default();
+        let failing = Arc::clone(&backend.failing);
+        let db = db!(Database::builder().create_with_backend(backend))?;
+        Ok((Self::init(db)?, failing))
+    }
+
     fn init(db: Database) -> Result<Self, StoreError> {
         let tx = db!(db.begin_write())?;
         {
@@ -121,39 +136,33 @@ impl Store {
             db!(tx.open_table(ASSOCIATIONS))?;
         }
         db!(tx.commit())?;
-        Ok(Self { db, _lock: None })
+        Ok(Self {
+            db: Arc::new(db),
+            _lock: None,
+        })
+    }
+
+    /// The committed generation, without loading the state.
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        read_generation(&tx)
+    }
+
+    /// A handle for readers on other threads: each read sees the last
+    /// committed state.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: Arc::clone(&self.db),
+        }
     }
 
     /// The desired state and its generation.
     pub fn load(&self, limits: Limits) -> Result<(State, u64), StoreError> {
         let tx = db!(self.db.begin_read())?;
-        let enis = db!(tx.open_table(ENIS))?;
-        let mut rows = Vec::new();
-        for item in db!(enis.iter())? {
-            let (k, v) = db!(item)?;
-            let id = k.value().to_string();
-            let eni: Eni =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    what: format!("{} {id}", ENIS.name()),
-                    source,
-                })?;
-            rows.push((id, eni));
-        }
-        let table = db!(tx.open_table(ASSOCIATIONS))?;
-        let mut associations = Vec::new();
-        for item in db!(table.iter())? {
-            let (k, v) = db!(item)?;
-            let a: Association =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    what: format!("association {}", Ipv4Addr::from(k.value())),
-                    source,
-                })?;
-            associations.push(a);
-        }
-        let generation = db!(db!(tx.open_table(META))?.get(GENERATION))?.map_or(0, |v| v.value());
-        let state =
-            State::from_rows(limits, rows, associations).map_err(StoreError::Inconsistent)?;
-        Ok((state, generation))
+        let rows = read_rows(&tx)?;
+        let state = State::from_rows(limits, rows.enis, rows.associations)
+            .map_err(StoreError::Inconsistent)?;
+        Ok((state, rows.generation))
     }
 
     /// Writes the rows `touched` names, as they are in `state`, and the new
@@ -194,6 +203,135 @@ impl Store {
         }
         db!(tx.commit())?;
         Ok(())
+    }
+}
+
+/// Every stored row, as of one committed generation.
+pub struct Rows {
+    pub generation: u64,
+    pub enis: Vec<(String, Eni)>,
+    pub associations: Vec<Association>,
+}
+
+fn read_generation(tx: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    Ok(db!(db!(tx.open_table(META))?.get(GENERATION))?.map_or(0, |v| v.value()))
+}
+
+fn read_rows(tx: &redb::ReadTransaction) -> Result<Rows, StoreError> {
+    let enis = db!(tx.open_table(ENIS))?;
+    let mut eni_rows = Vec::new();
+    for item in db!(enis.iter())? {
+        let (k, v) = db!(item)?;
+        let id = k.value().to_string();
+        let eni: Eni = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+            what: format!("{} {id}", ENIS.name()),
+            source,
+        })?;
+        eni_rows.push((id, eni));
+    }
+    Ok(Rows {
+        generation: read_generation(tx)?,
+        enis: eni_rows,
+        associations: read_associations(tx)?,
+    })
+}
+
+fn read_associations(tx: &redb::ReadTransaction) -> Result<Vec<Association>, StoreError> {
+    let table = db!(tx.open_table(ASSOCIATIONS))?;
+    let mut out = Vec::new();
+    for item in db!(table.iter())? {
+        let (k, v) = db!(item)?;
+        out.push(
+            serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                what: format!("association {}", Ipv4Addr::from(k.value())),
+                source,
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the last committed state from any thread (see the module's
+/// comment): what an acknowledged event changed is always there.
+#[derive(Clone)]
+pub struct Reader {
+    db: Arc<Database>,
+}
+
+impl Reader {
+    pub fn rows(&self) -> Result<Rows, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        read_rows(&tx)
+    }
+
+    /// The association of `eip`, if it has one.
+    pub fn association(&self, eip: Ipv4Addr) -> Result<Option<Association>, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        let table = db!(tx.open_table(ASSOCIATIONS))?;
+        let Some(row) = db!(table.get(u32::from(eip)))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(row.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: format!("association {eip}"),
+                source,
+            })
+    }
+
+    /// The associations only (for counters), and their generation.
+    pub fn associations(&self) -> Result<(u64, Vec<Association>), StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        Ok((read_generation(&tx)?, read_associations(&tx)?))
+    }
+}
+
+#[cfg(test)]
+mod faulty {
+    use std::{
+        io,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+    };
+
+    use redb::{backends::InMemoryBackend, StorageBackend};
+
+    #[derive(Debug, Default)]
+    pub struct Faulty {
+        inner: InMemoryBackend,
+        pub failing: Arc<AtomicBool>,
+    }
+
+    impl Faulty {
+        fn check(&self) -> io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected: the disk failed"));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for Faulty {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> io::Result<()> {
+            self.check()?;
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
     }
 }
 

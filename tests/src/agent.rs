@@ -121,8 +121,46 @@ impl Agent {
     }
 
     /// Starts an agent in `home`, which an earlier agent may have used:
-    /// its store, and its pinned datapath if it left one.
+    /// its store, and its pinned datapath if it left one; returns once it
+    /// has reconciled and attached (its API answers before that).
     pub fn start_in(
+        home: std::sync::Arc<AgentHome>,
+        ns: &str,
+        public_if: &str,
+        private_if: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut agent = Self::launch_in(home, ns, public_if, private_if, extra);
+        agent.wait_until(Duration::from_secs(20), |g| g.reconcile.is_none());
+        agent
+    }
+
+    /// Polls the API until `ready` holds of its generation (panics if the
+    /// agent exits or `timeout` passes first); returns when it did.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        ready: impl Fn(&eip_nat::api::Generation) -> bool,
+    ) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.client().generation().is_ok_and(|g| ready(&g)) {
+                return Instant::now();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts an agent as [`Agent::start_in`] does, without waiting.
+    pub fn launch_in(
         home: std::sync::Arc<AgentHome>,
         ns: &str,
         public_if: &str,
@@ -165,29 +203,13 @@ impl Agent {
             .stderr(Stdio::from(logfile))
             .spawn()
             .expect("spawn agent");
-        let mut agent = Self {
+        Self {
             child,
             home,
             socket,
             log,
             started_with: (ns.into(), public_if.into(), private_if.into()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if agent.client().generation().is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("agent exited with {status}: {}", agent.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not come up: {}",
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        agent
     }
 
     pub fn log_text(&self) -> String {
