@@ -134,6 +134,12 @@ impl Client {
         self.blocking(self.call(Method::GET, "/v1/stats", None::<&()>))
     }
 
+    /// The verdict counters, and the counters of `eip` only.
+    pub fn stats_of(&self, eip: std::net::Ipv4Addr) -> Result<Stats, ClientError> {
+        let path = format!("/v1/stats?eip={eip}");
+        self.blocking(self.call(Method::GET, &path, None::<&()>))
+    }
+
     /// POSTs an empty body to `path`; returns the status.
     pub fn post_empty(&self, path: &str) -> u16 {
         self.blocking(self.raw(Method::POST, path, None))

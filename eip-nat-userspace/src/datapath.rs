@@ -7,7 +7,8 @@ use ipnet::Ipv4Net;
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, DevMap, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+        Array, DevMap, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},

@@ -77,7 +77,9 @@ impl Desired {
             let mut journal = Journal::new(&self.state);
             let admitted = match write {
                 Write::Event(event) => self.admit_event(&mut journal, event, host),
-                Write::Batch(batch) => self.admit_batch(&mut journal, batch, group.generation, host),
+                Write::Batch(batch) => {
+                    self.admit_batch(&mut journal, batch, group.generation, host)
+                }
             };
             match admitted {
                 Ok(touched) => {
@@ -217,7 +219,11 @@ mod tests {
             }),
         ];
         let mut group = d.admit(&writes, &mut ());
-        let gens: Vec<Option<u64>> = group.outcomes.iter().map(|o| o.as_ref().ok().copied()).collect();
+        let gens: Vec<Option<u64>> = group
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().ok().copied())
+            .collect();
         assert_eq!(gens, [Some(1), None, Some(2), None, None, Some(3)]);
         assert!(matches!(
             group.outcomes[3],
@@ -239,7 +245,10 @@ mod tests {
             generation: 0,
             store,
         };
-        let mut group = d.admit(&[Write::Event(eni(1)), Write::Event(associate(1, 1))], &mut ());
+        let mut group = d.admit(
+            &[Write::Event(eni(1)), Write::Event(associate(1, 1))],
+            &mut (),
+        );
         d.record(&mut group).unwrap();
         let before = d.state.clone();
         assert_eq!(d.store.load(limits).unwrap(), (before.clone(), 2));
@@ -254,7 +263,9 @@ mod tests {
                 }),
                 Write::Event(eni(2)),
                 Write::Event(associate(2, 2)),
-                Write::Event(Event::DeleteEni { eni: "eni-1".into() }),
+                Write::Event(Event::DeleteEni {
+                    eni: "eni-1".into(),
+                }),
             ],
             &mut (),
         );

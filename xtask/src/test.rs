@@ -148,6 +148,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "ownership netns tests (a refused agent touches nothing live; operators' routes are never replaced)",
             vec![root_test("ownership")],
         ),
+        (
+            "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile)",
+            vec![root_test("writer")],
+        ),
     ]
 }
 

@@ -1,12 +1,23 @@
 //! The control plane: loading a million associations through the API,
-//! restarting the agent with them, and how soon an association takes effect.
+//! single events from 1 and 16 concurrent clients, restarting the agent
+//! with them (to the first answer, and to ready), how fast reads are
+//! answered while a batch commits and while the agent reconciles, and how
+//! soon an association takes effect.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
-use eip_nat::model::{EniKind, Event, Mode};
+use eip_nat::{
+    api::Batch,
+    client::Client,
+    model::{EniKind, Event, Mode},
+};
 use integration_tests::{
     agent::{Agent, AgentHome},
     netns::{in_netns, Topology},
@@ -26,9 +37,112 @@ pub struct ControlPlane {
     /// Agent restart with the tables loaded: stop, start, API answering
     /// (the reconcile finds nothing to change).
     pub warm_restart_seconds: f64,
+    /// From starting the agent to its API's first answer, warm.
+    pub restart_to_first_answer_seconds: f64,
     /// The same after `eip-nat teardown` (a reboot, say): every entry is
     /// written again from the store.
     pub cold_start_seconds: f64,
+    /// Single events per second (associate, disassociate, in turn), each
+    /// acknowledged once durable, with the associations loaded.
+    pub events_per_second_1_client: f64,
+    pub events_per_second_16_clients: f64,
+    /// Reads (`/v1/generation` and `/v1/stats?eip=`, in turn) while the
+    /// batches of the load commit, and while the agent reconciles at a
+    /// cold start.
+    pub read_during_batch: Latency,
+    pub read_during_reconcile: Latency,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Self {
+        if ms.is_empty() {
+            return Self::default();
+        }
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+        Self {
+            samples: ms.len(),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            max_ms: *ms.last().unwrap(),
+        }
+    }
+}
+
+/// Reads the API in a loop until `stop`; the latency of each read, in ms.
+fn reader(api: Client, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut ms = Vec::new();
+        let mut i = 0u32;
+        while !stop.load(Ordering::SeqCst) {
+            let t0 = Instant::now();
+            let ok = if i.is_multiple_of(2) {
+                api.generation().is_ok()
+            } else {
+                api.stats_of(Ipv4Addr::new(11, 0, 0, 7)).is_ok()
+            };
+            if ok {
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ms
+    })
+}
+
+/// `clients` threads each send `each` single events (associate and
+/// disassociate of their own EIP, in turn); events per second.
+fn single_events(agent: &Agent, clients: u32, each: u32) -> f64 {
+    let api = agent.client();
+    let enis: Vec<Event> = (0..clients)
+        .map(|c| Event::CreateEni {
+            eni: format!("eni-events-{clients}-{c}"),
+            kind: EniKind::Secondary,
+            primary_ip: Ipv4Addr::new(172, 31, clients as u8, c as u8),
+            instance: None,
+            location: Default::default(),
+        })
+        .collect();
+    api.batch(&Batch {
+        events: enis,
+        if_generation: None,
+    })
+    .expect("the clients' ENIs");
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let api = agent.client();
+            std::thread::spawn(move || {
+                let eip = Ipv4Addr::new(198, 18, clients as u8, c as u8);
+                for k in 0..each {
+                    let ev = if k.is_multiple_of(2) {
+                        Event::Associate {
+                            eip,
+                            eni: format!("eni-events-{clients}-{c}"),
+                            private_ip: None,
+                            mode: Mode::Nat,
+                        }
+                    } else {
+                        Event::Disassociate { eip }
+                    };
+                    api.event(&ev).expect("a single event");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    f64::from(clients * each) / t0.elapsed().as_secs_f64()
 }
 
 pub fn control_plane(quick: bool) -> ControlPlane {
@@ -38,26 +152,59 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     let home = AgentHome::new(&t.gw_public.ns);
     let args = ["--max-associations", &max, "--log-level", "info"];
     let start = || Agent::on_in(&home, &t, &args);
+    let launch = || {
+        let (public, private) = (&t.gw_public, &t.gw_private);
+        Agent::launch_in(
+            home.clone(),
+            &public.ns,
+            &public.ifname,
+            &private.ifname,
+            &args,
+        )
+    };
     let agent = start();
     eprintln!("control plane: loading {n} associations…");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = reader(agent.client(), Arc::clone(&stop));
     let load = bulk_load(&agent.client(), [11, 0, 0, 0], [10, 1, 0, 0], n);
-    eprintln!("  {:.1} s; restarting the agent", load.as_secs_f64());
+    stop.store(true, Ordering::SeqCst);
+    let read_during_batch = Latency::of(reads.join().unwrap());
+    eprintln!(
+        "  {:.2} s (reads meanwhile: p50 {:.2} ms, p99 {:.2} ms)",
+        load.as_secs_f64(),
+        read_during_batch.p50_ms,
+        read_during_batch.p99_ms
+    );
+    let each = if quick { 500 } else { 2_000 };
+    let events_1 = single_events(&agent, 1, each);
+    let events_16 = single_events(&agent, 16, each);
+    eprintln!("  single events: {events_1:.0}/s from 1 client, {events_16:.0}/s from 16");
     assert!(agent.stop().success());
     let t0 = Instant::now();
-    let agent = start();
-    let warm = t0.elapsed();
+    let mut agent = launch();
+    let first = agent.wait_until(Duration::from_secs(60), |_| true) - t0;
+    let warm = agent.wait_until(Duration::from_secs(60), |g| g.reconcile.is_none()) - t0;
     assert!(agent.log_text().contains("0 entries written"));
     assert!(agent.stop().success());
     assert!(home.teardown(&t.gw_public.ns).status.success());
     let t0 = Instant::now();
-    let agent = start();
-    let cold = t0.elapsed();
+    let mut agent = launch();
+    agent.wait_until(Duration::from_secs(60), |_| true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = reader(agent.client(), Arc::clone(&stop));
+    let cold = agent.wait_until(Duration::from_secs(60), |g| g.reconcile.is_none()) - t0;
+    stop.store(true, Ordering::SeqCst);
+    let read_during_reconcile = Latency::of(reads.join().unwrap());
     let written = format!("{} entries written", 2 * n);
     assert!(agent.log_text().contains(&written), "{}", agent.log_text());
     eprintln!(
-        "  warm restart {:.1} s, cold start {:.1} s",
+        "  restart: first answer {:.2} s, ready {:.2} s warm, {:.2} s cold (reads meanwhile: \
+         p50 {:.2} ms, p99 {:.2} ms)",
+        first.as_secs_f64(),
         warm.as_secs_f64(),
-        cold.as_secs_f64()
+        cold.as_secs_f64(),
+        read_during_reconcile.p50_ms,
+        read_during_reconcile.p99_ms
     );
     let api = agent.client();
     api.event(&Event::CreateEni {
@@ -120,23 +267,46 @@ pub fn control_plane(quick: bool) -> ControlPlane {
         latency_us_p50: pct(0.5),
         latency_us_p99: pct(0.99),
         warm_restart_seconds: warm.as_secs_f64(),
+        restart_to_first_answer_seconds: first.as_secs_f64(),
         cold_start_seconds: cold.as_secs_f64(),
+        events_per_second_1_client: events_1,
+        events_per_second_16_clients: events_16,
+        read_during_batch,
+        read_during_reconcile,
     }
 }
 
 pub fn control_table(c: &ControlPlane) -> String {
     format!(
-        "Control plane: {} associations (a primary ENI and an association each) loaded in batches of \
-         {PER_BATCH} in {:.1} s ({:.0}/s); agent restart with them loaded {:.1} s (warm: pinned maps, nothing \
-         to write), {:.1} s cold (after teardown: every entry written from the store); from `associate` \
-         returning to the first translated datagram arriving: p50 {:.0} µs, p99 {:.0} µs ({} samples).\n",
-        c.associations,
+        "Control plane, {n} associations (a primary ENI and an association each):\n\n\
+         | | |\n|---|---|\n\
+         | load, in batches of {PER_BATCH} | {:.2} s ({:.0}/s) |\n\
+         | single events, 1 client | {:.0}/s |\n\
+         | single events, 16 clients | {:.0}/s |\n\
+         | restart: API's first answer | {:.2} s |\n\
+         | restart: ready (reconciled, attached; nothing to write) | {:.2} s |\n\
+         | cold start after teardown: ready (every entry written) | {:.2} s |\n\
+         | reads during the load's batches: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms ({} reads) |\n\
+         | reads during the cold start's reconcile: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms ({} reads) |\n\
+         | `associate` returning → first translated datagram: p50 / p99 | {:.0} / {:.0} µs ({} samples) |\n",
         c.load_seconds,
         c.associations_per_second,
+        c.events_per_second_1_client,
+        c.events_per_second_16_clients,
+        c.restart_to_first_answer_seconds,
         c.warm_restart_seconds,
         c.cold_start_seconds,
+        c.read_during_batch.p50_ms,
+        c.read_during_batch.p99_ms,
+        c.read_during_batch.max_ms,
+        c.read_during_batch.samples,
+        c.read_during_reconcile.p50_ms,
+        c.read_during_reconcile.p99_ms,
+        c.read_during_reconcile.max_ms,
+        c.read_during_reconcile.samples,
         c.latency_us_p50,
         c.latency_us_p99,
-        c.latency_samples
+        c.latency_samples,
+        n = c.associations,
     )
 }
