@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, header, Method, Request, StatusCode};
+use hyper::{body::Bytes, client::conn::http1::SendRequest, header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
@@ -45,13 +45,59 @@ impl ClientError {
 
 pub struct Client {
     socket: PathBuf,
+    /// For the blocking calls: one runtime, and one connection kept open
+    /// between calls (HTTP/1.1 keep-alive), made again if the agent
+    /// closed it.
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
+    connection: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Client {
     pub fn new(socket: impl AsRef<Path>) -> Self {
         Self {
             socket: socket.as_ref().to_path_buf(),
+            runtime: std::sync::OnceLock::new(),
+            connection: tokio::sync::Mutex::new(None),
         }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// One request on the kept connection.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut kept = self.connection.lock().await;
+        let reusable = match kept.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *kept = Some(self.connect().await?);
+        }
+        let sender = kept.as_mut().expect("connected just above");
+        let response = sender.send_request(request).await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                *kept = None;
+                return Err(e.into());
+            }
+        };
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
     }
 
     /// One request; returns the status and the body.
@@ -61,15 +107,6 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -77,12 +114,7 @@ impl Client {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("a valid request");
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        drop(sender);
-        let _ = conn.await;
-        Ok((status, bytes))
+        self.send(request).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -108,10 +140,16 @@ impl Client {
         &self,
         f: impl std::future::Future<Output = Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(f)
+        let runtime = match self.runtime.get() {
+            Some(r) => r,
+            None => {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                self.runtime.get_or_init(|| r)
+            }
+        };
+        runtime.block_on(f)
     }
 
     pub fn event(&self, event: &Event) -> Result<Generation, ClientError> {
