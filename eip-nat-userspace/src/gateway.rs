@@ -416,9 +416,8 @@ impl Gateway {
     /// Applies `event` to the model, saving in `journal` what it changes,
     /// if the host can carry it: on an error the caller undoes the journal.
     fn admit(&mut self, journal: &mut Journal, event: &Event) -> Result<Touched, GatewayError> {
-        journal.save(&self.state, event);
         self.check_host(event)?;
-        let touched = self.state.apply(event)?;
+        let touched = self.state.apply(event, journal)?;
         self.check_routes(&touched)?;
         Ok(touched)
     }

@@ -4,9 +4,9 @@
 //! before anything is written anywhere; [`tables`] turns the state into
 //! what the datapath and the routing table must hold.
 
+mod journal;
 mod rules;
 pub mod tables;
-mod undo;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,8 +15,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use journal::Journal;
 pub use rules::RuleError;
-pub use undo::Journal;
 
 /// Names an ENI, e.g. `eni-0a1b2c`.
 pub type EniId = String;
@@ -328,11 +328,6 @@ impl State {
 
     pub fn association(&self, eip: Ipv4Addr) -> Option<&Association> {
         self.associations.get(&eip)
-    }
-
-    /// The ENI that holds `ip` as a private IP.
-    pub fn owner_of(&self, ip: Ipv4Addr) -> Option<&EniId> {
-        self.private_ips.get(&ip)
     }
 
     /// The EIP that `private_ip` carries (NAT or cut-through).
