@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use eip_nat_common::{Direction, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Association, Eni, EniId, Event, Mode};
@@ -41,11 +42,7 @@ pub struct ErrorBody {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// `refused` (a rule; nothing changed), `malformed` (nothing changed),
-    /// `stale` (if_generation did not match; nothing changed),
-    /// `unauthorized`, `not_found`, or `failed` (the agent could not carry
-    /// out a valid request).
-    pub kind: String,
+    pub kind: ErrorKind,
     /// The rule that refused it (`refused` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -53,6 +50,43 @@ pub struct ApiError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     pub message: String,
+}
+
+/// What went wrong, for a program to act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A rule refused it (`rule` names it); nothing changed.
+    Refused,
+    /// Not a request this API takes; nothing changed.
+    Malformed,
+    /// `if_generation` did not match; nothing changed.
+    Stale,
+    /// The TCP listener's token is missing or wrong.
+    Unauthorized,
+    /// No such endpoint.
+    NotFound,
+    /// The agent could not carry out a valid request.
+    Failed,
+}
+
+impl ErrorKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Malformed => "malformed",
+            Self::Stale => "stale",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +115,10 @@ pub struct Stats {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictStat {
-    pub direction: String,
-    pub verdict: String,
+    #[serde(with = "by_name")]
+    pub direction: Direction,
+    #[serde(with = "by_name")]
+    pub verdict: Verdict,
     pub code: u32,
     pub drop: bool,
     pub packets: u64,
@@ -105,22 +141,98 @@ pub struct EipStat {
 }
 
 impl Stats {
+    /// The counter of a direction and a verdict, by their names.
     pub fn verdict(&self, direction: &str, verdict: &str) -> Option<&VerdictStat> {
         self.verdicts
             .iter()
-            .find(|v| v.direction == direction && v.verdict == verdict)
+            .find(|v| v.direction.name() == direction && v.verdict.name() == verdict)
     }
 
-    /// Packets translated in `direction`, by either path.
+    /// Packets translated in `direction` (by name), by either path.
     pub fn translated(&self, direction: &str) -> u64 {
         self.verdicts
             .iter()
-            .filter(|v| v.direction == direction && v.verdict.starts_with("translated"))
+            .filter(|v| v.direction.name() == direction && v.verdict.is_translated())
             .map(|v| v.packets)
             .sum()
     }
 
     pub fn eip(&self, eip: Ipv4Addr) -> Option<&EipStat> {
         self.eips.iter().find(|e| e.eip == eip)
+    }
+}
+
+/// The datapath's enums travel by their stable names (`inbound`,
+/// `translated_redirect`), the names `eip-nat stats` shows.
+mod by_name {
+    use eip_nat_common::{Direction, Verdict};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub trait Named: Copy + 'static {
+        const ALL: &'static [Self];
+        fn name(self) -> &'static str;
+    }
+
+    impl Named for Direction {
+        const ALL: &'static [Self] = &Direction::ALL;
+        fn name(self) -> &'static str {
+            Direction::name(self)
+        }
+    }
+
+    impl Named for Verdict {
+        const ALL: &'static [Self] = &Verdict::ALL;
+        fn name(self) -> &'static str {
+            Verdict::name(self)
+        }
+    }
+
+    pub fn serialize<T: Named, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub fn deserialize<'de, T: Named, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        T::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| D::Error::custom(format!("unknown name {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_travel_by_their_names() {
+        let v = VerdictStat {
+            direction: Direction::Inbound,
+            verdict: Verdict::TranslatedRedirect,
+            code: Verdict::TranslatedRedirect as u32,
+            drop: false,
+            packets: 1,
+            bytes: 2,
+        };
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["direction"], "inbound");
+        assert_eq!(json["verdict"], "translated_redirect");
+        assert_eq!(serde_json::from_value::<VerdictStat>(json).unwrap(), v);
+        let mut bad = serde_json::to_value(&v).unwrap();
+        bad["verdict"] = "sideways".into();
+        assert!(serde_json::from_value::<VerdictStat>(bad).is_err());
+
+        let e = ErrorBody {
+            error: ApiError {
+                kind: ErrorKind::NotFound,
+                rule: None,
+                index: None,
+                message: "m".into(),
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"error":{"kind":"not_found","message":"m"}}"#);
+        assert_eq!(serde_json::from_str::<ErrorBody>(&json).unwrap(), e);
     }
 }

@@ -375,11 +375,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches to `iface`'s ingress and returns the mode in effect.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
-        self.attach_link(iface, mode).map(|(m, _)| m)
-    }
-
     /// Attaches through a link pinned at `pin`, so the program stays
     /// attached after this process exits. If a link is pinned there already
     /// (a previous agent's), this program replaces the old one in it with

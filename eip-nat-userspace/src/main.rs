@@ -352,7 +352,10 @@ fn print_stats(s: &Stats) {
     for v in s.verdicts.iter().filter(|v| v.packets > 0) {
         println!(
             "{:<10} {:<30} {:>12} {:>14}",
-            v.direction, v.verdict, v.packets, v.bytes
+            v.direction.name(),
+            v.verdict.name(),
+            v.packets,
+            v.bytes
         );
     }
     println!();

@@ -12,7 +12,7 @@ use axum::{
 };
 
 use crate::{
-    api::{ApiError, Batch, EniView, ErrorBody, StateView, OPENAPI},
+    api::{ApiError, Batch, EniView, ErrorBody, ErrorKind, StateView, OPENAPI},
     gateway::{chain, Gateway, GatewayError},
     model::Event,
 };
@@ -22,10 +22,10 @@ pub type Shared = Arc<Mutex<Gateway>>;
 /// Largest request body the API takes.
 pub const MAX_BODY: usize = 64 << 20;
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+fn error(status: StatusCode, kind: ErrorKind, message: String) -> Response {
     let body = ErrorBody {
         error: ApiError {
-            kind: kind.into(),
+            kind,
             rule: None,
             index: None,
             message,
@@ -39,13 +39,13 @@ fn gateway_error(e: GatewayError) -> Response {
         GatewayError::Refused(_)
         | GatewayError::RefusedInBatch { .. }
         | GatewayError::BadLocation(_)
-        | GatewayError::RouteConflict(_) => (StatusCode::CONFLICT, "refused"),
-        GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
+        | GatewayError::RouteConflict(_) => (StatusCode::CONFLICT, ErrorKind::Refused),
+        GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, ErrorKind::Stale),
         GatewayError::Store(_)
         | GatewayError::Datapath { .. }
         | GatewayError::Routes(_)
         | GatewayError::NewStoreOverLiveDatapath(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "failed")
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Failed)
         }
     };
     let message = chain(&e);
@@ -60,7 +60,7 @@ fn gateway_error(e: GatewayError) -> Response {
     };
     let body = ErrorBody {
         error: ApiError {
-            kind: kind.into(),
+            kind,
             rule: e.rule().map(Into::into),
             index,
             message,
@@ -72,7 +72,7 @@ fn gateway_error(e: GatewayError) -> Response {
 fn malformed(e: JsonRejection) -> Response {
     error(
         StatusCode::BAD_REQUEST,
-        "malformed",
+        ErrorKind::Malformed,
         format!("malformed request: {}", e.body_text()),
     )
 }
@@ -131,7 +131,11 @@ async fn generation(State(gw): State<Shared>) -> Response {
 async fn stats(State(gw): State<Shared>) -> Response {
     match lock(&gw).stats() {
         Ok(s) => Json(s).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", chain(&e)),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed,
+            chain(&e),
+        ),
     }
 }
 
@@ -142,7 +146,7 @@ async fn openapi() -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorKind::NotFound,
         "no such endpoint (GET /openapi.json lists them)".into(),
     )
 }
@@ -178,7 +182,7 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
         Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => error(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorKind::Unauthorized,
             "a valid `Authorization: Bearer <token>` header is required".into(),
         ),
     }

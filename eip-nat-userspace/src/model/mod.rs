@@ -23,7 +23,7 @@ pub type EniId = String;
 /// Names an instance, e.g. `i-0a1b2c`.
 pub type InstanceId = String;
 
-/// How an EIP reaches its ENI (domain.md, "Association modes").
+/// How an EIP reaches its ENI (docs/domain.md, "Association modes").
 #[derive(
     Clone,
     Copy,

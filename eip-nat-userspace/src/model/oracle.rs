@@ -1,5 +1,5 @@
-//! A second, deliberately naive reading of domain.md's rules (lists and
-//! linear scans, no indexes, no shared code with `rules.rs`), and property
+//! A second, deliberately naive reading of docs/domain.md's rules (lists
+//! and linear scans, no indexes, no shared code with `rules.rs`), and property
 //! tests that random event sequences get the same answer from both: the
 //! same accept or refuse (and the same rule), and the same tables after
 //! every event.
