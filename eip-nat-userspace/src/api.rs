@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 
 use eip_nat_common::{Direction, Verdict};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Association, Eni, EniId, Event, Mode};
@@ -17,14 +18,16 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The generation of the desired state (bumped by every accepted event or
 /// batch) and the one the datapath reflects. They differ only while an
 /// update is being applied, or after the datapath failed to take one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Generation {
+    /// Bumped by every accepted event or batch; durable.
     pub generation: u64,
+    /// The generation the datapath's maps and routes reflect.
     pub applied_generation: u64,
 }
 
 /// `POST /v1/batch`: events applied all or nothing, as one generation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub events: Vec<Event>,
@@ -35,15 +38,16 @@ pub struct Batch {
 }
 
 /// Every error the API returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApiError {
     pub kind: ErrorKind,
-    /// The rule that refused it (`refused` only).
+    /// The rule that refused it (`refused` only), as a stable code, e.g.
+    /// `eni_attached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Which event of a batch was refused.
@@ -53,7 +57,7 @@ pub struct ApiError {
 }
 
 /// What went wrong, for a program to act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// A rule refused it (`rule` names it); nothing changed.
@@ -89,7 +93,7 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EniView {
     pub id: EniId,
     #[serde(flatten)]
@@ -97,7 +101,7 @@ pub struct EniView {
 }
 
 /// `GET /v1/state`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StateView {
     #[serde(flatten)]
     pub generation: Generation,
@@ -105,7 +109,7 @@ pub struct StateView {
     pub associations: Vec<Association>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Stats {
     /// Every (direction, verdict) counter, zero or not, so a scraper sees a
     /// stable set of series.
@@ -113,11 +117,13 @@ pub struct Stats {
     pub eips: Vec<EipStat>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerdictStat {
     #[serde(with = "by_name")]
+    #[schemars(schema_with = "by_name::schema::<Direction>")]
     pub direction: Direction,
     #[serde(with = "by_name")]
+    #[schemars(schema_with = "by_name::schema::<Verdict>")]
     pub verdict: Verdict,
     pub code: u32,
     pub drop: bool,
@@ -126,7 +132,7 @@ pub struct VerdictStat {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EipStat {
     pub eip: Ipv4Addr,
     pub eni: EniId,
@@ -187,6 +193,12 @@ mod by_name {
         }
     }
 
+    /// A string, one of the names.
+    pub fn schema<T: Named>(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<_> = T::ALL.iter().map(|v| v.name()).collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+
     pub fn serialize<T: Named, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(v.name())
     }
@@ -204,6 +216,69 @@ mod by_name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `components.schemas` of openapi.json must be: the API's types
+    /// as schemars describes them (what they accept).
+    fn components() -> serde_json::Value {
+        let mut g = schemars::generate::SchemaSettings::draft2020_12()
+            .with(|s| s.definitions_path = "/components/schemas".into())
+            .into_generator();
+        g.subschema_for::<Event>();
+        g.subschema_for::<Batch>();
+        g.subschema_for::<Generation>();
+        g.subschema_for::<ErrorBody>();
+        g.subschema_for::<StateView>();
+        g.subschema_for::<Stats>();
+        g.take_definitions(true).into()
+    }
+
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                out.extend(m.get("$ref").and_then(|r| r.as_str()));
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// openapi.json's paths are written by hand; its schemas are the
+    /// types'. `UPDATE_OPENAPI=1 cargo test -p eip-nat-userspace --lib
+    /// openapi` rewrites them after a change to the types (review the diff).
+    #[test]
+    fn openapi_describes_the_types() {
+        let want = components();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            let head = &OPENAPI[..OPENAPI.find("  \"components\": ").expect("components last")];
+            let schemas = serde_json::to_string_pretty(&serde_json::json!({ "schemas": want }))
+                .unwrap()
+                .replace('\n', "\n  ");
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+            std::fs::write(path, format!("{head}  \"components\": {schemas}\n}}\n")).unwrap();
+            return;
+        }
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let have = &doc["components"]["schemas"];
+        for (name, schema) in want.as_object().unwrap() {
+            assert_eq!(
+                have.get(name),
+                Some(schema),
+                "openapi.json's {name} is not the type's: UPDATE_OPENAPI=1 cargo test -p \
+                 eip-nat-userspace --lib openapi rewrites it"
+            );
+        }
+        assert_eq!(have, &want, "openapi.json has schemas no type has");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+            assert!(
+                want.get(name).is_some(),
+                "openapi.json refers to {r}, no type"
+            );
+        }
+    }
 
     #[test]
     fn enums_travel_by_their_names() {

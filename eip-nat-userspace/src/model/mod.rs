@@ -13,6 +13,7 @@ use std::{
     net::Ipv4Addr,
 };
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use journal::Journal;
@@ -35,6 +36,7 @@ pub type InstanceId = String;
     Hash,
     Serialize,
     Deserialize,
+    JsonSchema,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
@@ -63,7 +65,10 @@ impl Mode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Whether an ENI lives and dies with its instance.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum EniKind {
     /// Created with an instance; lives and dies with it.
@@ -75,7 +80,7 @@ pub enum EniKind {
 /// Where the gateway reaches an ENI: a next hop, an interface, or both.
 /// Neither means "wherever the gateway's own routes already send its
 /// addresses" (an ENI on a directly connected subnet, say).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Location {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Ipv4Addr>,
@@ -100,13 +105,13 @@ impl std::fmt::Display for Location {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attachment {
     pub instance: InstanceId,
     pub location: Location,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Eni {
     pub kind: EniKind,
     pub primary_ip: Ipv4Addr,
@@ -122,7 +127,7 @@ impl Eni {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Association {
     pub eip: Ipv4Addr,
     pub eni: EniId,
@@ -135,8 +140,9 @@ pub struct Association {
 }
 
 /// One change to the state, as the cloud's control plane reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(extend("discriminator" = {"propertyName": "event"}))]
 pub enum Event {
     /// A primary ENI comes with its instance (`instance` required); a
     /// secondary ENI is created detached.
@@ -149,18 +155,18 @@ pub enum Event {
         #[serde(default)]
         location: Location,
     },
-    DeleteEni {
-        eni: EniId,
-    },
+    /// Delete a detached secondary ENI that carries no EIP.
+    DeleteEni { eni: EniId },
+    /// Attach a detached secondary ENI to a known instance.
     AttachEni {
         eni: EniId,
         instance: InstanceId,
         #[serde(default)]
         location: Location,
     },
-    DetachEni {
-        eni: EniId,
-    },
+    /// Detach a secondary ENI; its EIPs stay associated, their packets are
+    /// dropped (`drop_eni_detached`).
+    DetachEni { eni: EniId },
     /// Detach and attach elsewhere in one step; its EIPs follow.
     MoveEni {
         eni: EniId,
@@ -174,16 +180,13 @@ pub enum Event {
         #[serde(default)]
         location: Location,
     },
-    AssignIp {
-        eni: EniId,
-        ip: Ipv4Addr,
-    },
-    RevokeIp {
-        eni: EniId,
-        ip: Ipv4Addr,
-    },
-    /// `private_ip` defaults to the ENI's primary private IP in NAT and
-    /// cut-through mode; multi-EIP mode takes none.
+    /// Assign a secondary private IP to an ENI.
+    AssignIp { eni: EniId, ip: Ipv4Addr },
+    /// Revoke a secondary private IP; refused while it carries an EIP.
+    RevokeIp { eni: EniId, ip: Ipv4Addr },
+    /// Associate an EIP with an ENI. `private_ip` defaults to the ENI's
+    /// primary private IP in NAT and cut-through mode; multi-EIP mode takes
+    /// none.
     Associate {
         eip: Ipv4Addr,
         eni: EniId,
@@ -191,13 +194,10 @@ pub enum Event {
         private_ip: Option<Ipv4Addr>,
         mode: Mode,
     },
-    Disassociate {
-        eip: Ipv4Addr,
-    },
+    /// Remove an EIP's association; it stops reaching its ENI at once.
+    Disassociate { eip: Ipv4Addr },
     /// The instance is gone, and its primary ENI with it.
-    TerminateInstance {
-        instance: InstanceId,
-    },
+    TerminateInstance { instance: InstanceId },
 }
 
 /// Capacities and quotas, from the agent's configuration.
