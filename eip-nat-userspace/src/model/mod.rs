@@ -26,18 +26,7 @@ pub type InstanceId = String;
 
 /// How an EIP reaches its ENI (docs/domain.md, "Association modes").
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    clap::ValueEnum,
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -66,9 +55,7 @@ impl Mode {
 }
 
 /// Whether an ENI lives and dies with its instance.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EniKind {
     /// Created with an instance; lives and dies with it.
@@ -82,8 +69,10 @@ pub enum EniKind {
 /// addresses" (an ENI on a directly connected subnet, say).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Location {
+    /// Next hop through which the gateway reaches the ENI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Ipv4Addr>,
+    /// Interface through which the gateway reaches the ENI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
 }
@@ -150,6 +139,7 @@ pub enum Event {
         eni: EniId,
         kind: EniKind,
         primary_ip: Ipv4Addr,
+        /// The instance (primary ENIs only).
         #[serde(default)]
         instance: Option<InstanceId>,
         #[serde(default)]
@@ -190,6 +180,8 @@ pub enum Event {
     Associate {
         eip: Ipv4Addr,
         eni: EniId,
+        /// NAT: which private IP (default: the ENI's primary). Cut-through:
+        /// the primary, if given. Multi-EIP: none.
         #[serde(default)]
         private_ip: Option<Ipv4Addr>,
         mode: Mode,
