@@ -4,6 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use eip_nat_common::{Direction, Verdict};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Association, Eni, EniId, Event, Mode};
@@ -16,9 +18,11 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The generation of the desired state (bumped by every accepted event or
 /// batch) and the one the datapath reflects. They differ only while an
 /// update is being applied, or after the datapath failed to take one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Generation {
+    /// Bumped by every accepted event or batch; durable.
     pub generation: u64,
+    /// The generation the datapath's maps and routes reflect.
     pub applied_generation: u64,
     /// While the agent starts (or redoes the whole datapath): how far it
     /// is. Writes wait until it ends; reads are answered throughout.
@@ -26,7 +30,7 @@ pub struct Generation {
     pub reconcile: Option<ReconcileProgress>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReconcileProgress {
     /// `loading` (the store), `next_hops` (reading the kernel's tables),
     /// `routes`, `entries`, `attaching`.
@@ -37,7 +41,7 @@ pub struct ReconcileProgress {
 }
 
 /// `POST /v1/batch`: events applied all or nothing, as one generation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub events: Vec<Event>,
@@ -48,19 +52,16 @@ pub struct Batch {
 }
 
 /// Every error the API returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApiError {
-    /// `refused` (a rule; nothing changed), `malformed` (nothing changed),
-    /// `stale` (if_generation did not match; nothing changed),
-    /// `unauthorized`, `not_found`, or `failed` (the agent could not carry
-    /// out a valid request).
-    pub kind: String,
-    /// The rule that refused it (`refused` only).
+    pub kind: ErrorKind,
+    /// The rule that refused it (`refused` only), as a stable code, e.g.
+    /// `eni_attached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Which event of a batch was refused.
@@ -69,7 +70,47 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What went wrong, for a program to act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A rule refused it (`rule` names it); nothing changed.
+    Refused,
+    /// Not a request this API takes; nothing changed.
+    Malformed,
+    /// `if_generation` did not match; nothing changed.
+    Stale,
+    /// The TCP listener's token is missing or wrong.
+    Unauthorized,
+    /// No such endpoint.
+    NotFound,
+    /// The agent could not carry out a valid request.
+    Failed,
+    /// The agent is stopping; nothing changed.
+    Unavailable,
+}
+
+impl ErrorKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Malformed => "malformed",
+            Self::Stale => "stale",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Failed => "failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EniView {
     pub id: EniId,
     #[serde(flatten)]
@@ -77,7 +118,7 @@ pub struct EniView {
 }
 
 /// `GET /v1/state`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StateView {
     #[serde(flatten)]
     pub generation: Generation,
@@ -85,7 +126,7 @@ pub struct StateView {
     pub associations: Vec<Association>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Stats {
     /// Every (direction, verdict) counter, zero or not, so a scraper sees a
     /// stable set of series.
@@ -93,10 +134,14 @@ pub struct Stats {
     pub eips: Vec<EipStat>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerdictStat {
-    pub direction: String,
-    pub verdict: String,
+    #[serde(with = "by_name")]
+    #[schemars(schema_with = "by_name::schema::<Direction>")]
+    pub direction: Direction,
+    #[serde(with = "by_name")]
+    #[schemars(schema_with = "by_name::schema::<Verdict>")]
+    pub verdict: Verdict,
     pub code: u32,
     pub drop: bool,
     pub packets: u64,
@@ -104,7 +149,7 @@ pub struct VerdictStat {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EipStat {
     pub eip: Ipv4Addr,
     pub eni: EniId,
@@ -119,22 +164,167 @@ pub struct EipStat {
 }
 
 impl Stats {
+    /// The counter of a direction and a verdict, by their names.
     pub fn verdict(&self, direction: &str, verdict: &str) -> Option<&VerdictStat> {
         self.verdicts
             .iter()
-            .find(|v| v.direction == direction && v.verdict == verdict)
+            .find(|v| v.direction.name() == direction && v.verdict.name() == verdict)
     }
 
-    /// Packets translated in `direction`, by either path.
+    /// Packets translated in `direction` (by name), by either path.
     pub fn translated(&self, direction: &str) -> u64 {
         self.verdicts
             .iter()
-            .filter(|v| v.direction == direction && v.verdict.starts_with("translated"))
+            .filter(|v| v.direction.name() == direction && v.verdict.is_translated())
             .map(|v| v.packets)
             .sum()
     }
 
     pub fn eip(&self, eip: Ipv4Addr) -> Option<&EipStat> {
         self.eips.iter().find(|e| e.eip == eip)
+    }
+}
+
+/// The datapath's enums travel by their stable names (`inbound`,
+/// `translated_redirect`), the names `eip-nat stats` shows.
+mod by_name {
+    use eip_nat_common::{Direction, Verdict};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub trait Named: Copy + 'static {
+        const ALL: &'static [Self];
+        fn name(self) -> &'static str;
+    }
+
+    impl Named for Direction {
+        const ALL: &'static [Self] = &Direction::ALL;
+        fn name(self) -> &'static str {
+            Direction::name(self)
+        }
+    }
+
+    impl Named for Verdict {
+        const ALL: &'static [Self] = &Verdict::ALL;
+        fn name(self) -> &'static str {
+            Verdict::name(self)
+        }
+    }
+
+    /// A string, one of the names.
+    pub fn schema<T: Named>(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<_> = T::ALL.iter().map(|v| v.name()).collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+
+    pub fn serialize<T: Named, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub fn deserialize<'de, T: Named, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        T::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| D::Error::custom(format!("unknown name {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `components.schemas` of openapi.json must be: the API's types
+    /// as schemars describes them (what they accept).
+    fn components() -> serde_json::Value {
+        let mut g = schemars::generate::SchemaSettings::draft2020_12()
+            .with(|s| s.definitions_path = "/components/schemas".into())
+            .into_generator();
+        g.subschema_for::<Event>();
+        g.subschema_for::<Batch>();
+        g.subschema_for::<Generation>();
+        g.subschema_for::<ErrorBody>();
+        g.subschema_for::<StateView>();
+        g.subschema_for::<Stats>();
+        g.take_definitions(true).into()
+    }
+
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                out.extend(m.get("$ref").and_then(|r| r.as_str()));
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// openapi.json's paths are written by hand; its schemas are the
+    /// types'. `UPDATE_OPENAPI=1 cargo test -p eip-nat-userspace --lib
+    /// openapi` rewrites them after a change to the types (review the diff).
+    #[test]
+    fn openapi_describes_the_types() {
+        let want = components();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            let head = &OPENAPI[..OPENAPI.find("  \"components\": ").expect("components last")];
+            let schemas = serde_json::to_string_pretty(&serde_json::json!({ "schemas": want }))
+                .unwrap()
+                .replace('\n', "\n  ");
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+            std::fs::write(path, format!("{head}  \"components\": {schemas}\n}}\n")).unwrap();
+            return;
+        }
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let have = &doc["components"]["schemas"];
+        for (name, schema) in want.as_object().unwrap() {
+            assert_eq!(
+                have.get(name),
+                Some(schema),
+                "openapi.json's {name} is not the type's: UPDATE_OPENAPI=1 cargo test -p \
+                 eip-nat-userspace --lib openapi rewrites it"
+            );
+        }
+        assert_eq!(have, &want, "openapi.json has schemas no type has");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+            assert!(
+                want.get(name).is_some(),
+                "openapi.json refers to {r}, no type"
+            );
+        }
+    }
+
+    #[test]
+    fn enums_travel_by_their_names() {
+        let v = VerdictStat {
+            direction: Direction::Inbound,
+            verdict: Verdict::TranslatedRedirect,
+            code: Verdict::TranslatedRedirect as u32,
+            drop: false,
+            packets: 1,
+            bytes: 2,
+        };
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["direction"], "inbound");
+        assert_eq!(json["verdict"], "translated_redirect");
+        assert_eq!(serde_json::from_value::<VerdictStat>(json).unwrap(), v);
+        let mut bad = serde_json::to_value(&v).unwrap();
+        bad["verdict"] = "sideways".into();
+        assert!(serde_json::from_value::<VerdictStat>(bad).is_err());
+
+        let e = ErrorBody {
+            error: ApiError {
+                kind: ErrorKind::NotFound,
+                rule: None,
+                index: None,
+                message: "m".into(),
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"error":{"kind":"not_found","message":"m"}}"#);
+        assert_eq!(serde_json::from_str::<ErrorBody>(&json).unwrap(), e);
     }
 }

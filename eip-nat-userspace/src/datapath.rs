@@ -65,17 +65,7 @@ pub enum DatapathError {
 }
 
 /// How to attach: let the driver decide, or force one mode.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Native (driver) XDP where the driver supports it, else generic.
@@ -85,6 +75,19 @@ pub enum AttachMode {
     Native,
     /// Generic (SKB) XDP, which works on any interface but is slower.
     Generic,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" => Ok(Self::Native),
+            "generic" => Ok(Self::Generic),
+            _ => Err(format!("{s:?} is not an XDP mode (auto, native, generic)")),
+        }
+    }
 }
 
 pub fn mode_name(mode: XdpMode) -> &'static str {
@@ -411,11 +414,6 @@ impl Datapath {
             }
         }
         Ok(())
-    }
-
-    /// Attaches to `iface`'s ingress and returns the mode in effect.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
-        self.attach_link(iface, mode).map(|(m, _)| m)
     }
 
     /// Attaches through a link pinned at `pin`, so the program stays

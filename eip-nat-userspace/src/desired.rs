@@ -103,9 +103,8 @@ impl Desired {
         event: &Event,
         host: &mut dyn HostChecks,
     ) -> Result<Touched, GatewayError> {
-        journal.save(&self.state, event);
         host.before(event)?;
-        let touched = self.state.apply(event)?;
+        let touched = self.state.apply(event, journal)?;
         host.after(&self.state, &touched)?;
         Ok(touched)
     }

@@ -3,7 +3,6 @@
 
 use std::{
     io::Read,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -16,9 +15,12 @@ use eip_nat::{
     client::{Client, ClientError},
     config::{self, AgentConfig, FileConfig},
     datapath::AttachMode,
-    model::{EniKind, Event, Location, Mode},
+    model::EniKind,
 };
+use event_cli::EventCommand;
 use serde::Serialize;
+
+mod event_cli;
 
 #[derive(Parser)]
 #[command(name = "eip-nat", version, about = "EIP ↔ ENI association in XDP")]
@@ -45,7 +47,7 @@ struct AgentArgs {
     #[arg(long)]
     private_if: Option<String>,
     /// XDP attach mode (auto, native, generic).
-    #[arg(long, value_enum)]
+    #[arg(long)]
     xdp_mode: Option<AttachMode>,
     /// Pass translated packets to the kernel's stack instead of
     /// forwarding them with XDP_REDIRECT (slower; lets netfilter see them).
@@ -114,26 +116,6 @@ impl AgentArgs {
     }
 }
 
-/// Where an ENI lives, as flags.
-#[derive(Args, Clone, Default)]
-struct LocationArgs {
-    /// Next hop through which the gateway reaches the ENI.
-    #[arg(long)]
-    via: Option<Ipv4Addr>,
-    /// Interface through which the gateway reaches the ENI.
-    #[arg(long)]
-    dev: Option<String>,
-}
-
-impl From<LocationArgs> for Location {
-    fn from(l: LocationArgs) -> Self {
-        Location {
-            via: l.via,
-            dev: l.dev,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground until SIGINT/SIGTERM.
@@ -144,33 +126,9 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
-    /// ENI events.
-    #[command(subcommand)]
-    Eni(EniCommand),
-    /// Secondary private IP events.
-    #[command(subcommand)]
-    Ip(IpCommand),
-    /// Instance events.
-    #[command(subcommand)]
-    Instance(InstanceCommand),
-    /// Associate an EIP with an ENI.
-    Associate {
-        #[arg(long)]
-        eip: Ipv4Addr,
-        #[arg(long)]
-        eni: String,
-        /// NAT: which private IP (default: the ENI's primary). Cut-through:
-        /// the primary, if given. Multi-EIP: none.
-        #[arg(long)]
-        private_ip: Option<Ipv4Addr>,
-        #[arg(long, value_enum, default_value_t = Mode::Nat)]
-        mode: Mode,
-    },
-    /// Remove an EIP's association; it stops reaching its ENI at once.
-    Disassociate {
-        #[arg(long)]
-        eip: Ipv4Addr,
-    },
+    /// The events: `eni create`, `associate`, … (see `event_cli.rs`).
+    #[command(flatten)]
+    Event(EventCommand),
     /// Apply a JSON file of events (`{"events": [...]}`, `-` for stdin) all
     /// or nothing.
     Batch {
@@ -185,147 +143,6 @@ enum Command {
     Stats,
     /// Show the desired generation and the one the datapath reflects.
     Generation,
-}
-
-#[derive(Subcommand)]
-enum EniCommand {
-    /// Create an ENI: a primary one with its instance, or a detached
-    /// secondary one.
-    Create {
-        #[arg(long)]
-        eni: String,
-        #[arg(long, value_enum)]
-        kind: EniKind,
-        #[arg(long)]
-        primary_ip: Ipv4Addr,
-        /// The instance (primary ENIs only).
-        #[arg(long)]
-        instance: Option<String>,
-        #[command(flatten)]
-        location: LocationArgs,
-    },
-    /// Delete a detached secondary ENI without EIPs.
-    Delete {
-        #[arg(long)]
-        eni: String,
-    },
-    /// Attach a secondary ENI to an instance.
-    Attach {
-        #[arg(long)]
-        eni: String,
-        #[arg(long)]
-        instance: String,
-        #[command(flatten)]
-        location: LocationArgs,
-    },
-    /// Detach a secondary ENI; its EIPs stay associated but reach nothing.
-    Detach {
-        #[arg(long)]
-        eni: String,
-    },
-    /// Move a secondary ENI (and its EIPs) to another instance.
-    Move {
-        #[arg(long)]
-        eni: String,
-        #[arg(long)]
-        instance: String,
-        #[command(flatten)]
-        location: LocationArgs,
-    },
-    /// Record where an attached ENI now lives.
-    Locate {
-        #[arg(long)]
-        eni: String,
-        #[command(flatten)]
-        location: LocationArgs,
-    },
-}
-
-#[derive(Subcommand)]
-enum IpCommand {
-    /// Assign a secondary private IP to an ENI.
-    Assign {
-        #[arg(long)]
-        eni: String,
-        #[arg(long)]
-        ip: Ipv4Addr,
-    },
-    /// Revoke a secondary private IP (refused while it carries an EIP).
-    Revoke {
-        #[arg(long)]
-        eni: String,
-        #[arg(long)]
-        ip: Ipv4Addr,
-    },
-}
-
-#[derive(Subcommand)]
-enum InstanceCommand {
-    /// The instance is gone, with its primary ENI.
-    Terminate {
-        #[arg(long)]
-        instance: String,
-    },
-}
-
-fn event_of(command: Command) -> std::result::Result<Event, Command> {
-    Ok(match command {
-        Command::Eni(EniCommand::Create {
-            eni,
-            kind,
-            primary_ip,
-            instance,
-            location,
-        }) => Event::CreateEni {
-            eni,
-            kind,
-            primary_ip,
-            instance,
-            location: location.into(),
-        },
-        Command::Eni(EniCommand::Delete { eni }) => Event::DeleteEni { eni },
-        Command::Eni(EniCommand::Attach {
-            eni,
-            instance,
-            location,
-        }) => Event::AttachEni {
-            eni,
-            instance,
-            location: location.into(),
-        },
-        Command::Eni(EniCommand::Detach { eni }) => Event::DetachEni { eni },
-        Command::Eni(EniCommand::Move {
-            eni,
-            instance,
-            location,
-        }) => Event::MoveEni {
-            eni,
-            instance,
-            location: location.into(),
-        },
-        Command::Eni(EniCommand::Locate { eni, location }) => Event::LocateEni {
-            eni,
-            location: location.into(),
-        },
-        Command::Ip(IpCommand::Assign { eni, ip }) => Event::AssignIp { eni, ip },
-        Command::Ip(IpCommand::Revoke { eni, ip }) => Event::RevokeIp { eni, ip },
-        Command::Instance(InstanceCommand::Terminate { instance }) => {
-            Event::TerminateInstance { instance }
-        }
-        Command::Associate {
-            eip,
-            eni,
-            private_ip,
-            mode,
-        } => Event::Associate {
-            eip,
-            eni,
-            private_ip,
-            mode,
-        },
-        Command::Disassociate { eip } => Event::Disassociate { eip },
-        other => return Err(other),
-    })
 }
 
 fn print_json(v: &impl Serialize) -> Result<()> {
@@ -352,7 +169,10 @@ fn print_stats(s: &Stats) {
     for v in s.verdicts.iter().filter(|v| v.packets > 0) {
         println!(
             "{:<10} {:<30} {:>12} {:>14}",
-            v.direction, v.verdict, v.packets, v.bytes
+            v.direction.name(),
+            v.verdict.name(),
+            v.packets,
+            v.bytes
         );
     }
     println!();
@@ -443,16 +263,13 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let client = Client::new(&cli.socket);
     let json = cli.json;
-    let command = match event_of(cli.command) {
-        Ok(event) => {
+    match cli.command {
+        Command::Event(EventCommand(event)) => {
             return match client.event(&event) {
                 Ok(g) => print_generation(&g, json).map(|()| ExitCode::SUCCESS),
                 Err(e) => report(e, json),
             }
         }
-        Err(command) => command,
-    };
-    match command {
         Command::Agent(args) => {
             let cfg = args.resolve(&cli.socket)?;
             if args.print_config {
@@ -509,7 +326,177 @@ fn main() -> Result<ExitCode> {
             }
         }
         Command::Generation => print_generation(&client.generation()?, json)?,
-        _ => unreachable!("events are handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eip_nat::model::{Event, Location, Mode};
+
+    fn event(args: &[&str]) -> Event {
+        let cli = Cli::try_parse_from(std::iter::once("eip-nat").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Event(EventCommand(event)) => event,
+            _ => panic!("{args:?} is no event"),
+        }
+    }
+
+    /// The subcommands made from the events' schema are the CLI it always had.
+    #[test]
+    fn every_event_has_its_subcommand() {
+        let ip = |s: &str| s.parse().unwrap();
+        let at = Location {
+            via: Some(ip("10.9.0.1")),
+            dev: Some("eth1".into()),
+        };
+        let cases = [
+            (
+                &["eni", "create", "--eni", "e", "--kind", "primary"][..],
+                &[
+                    "--primary-ip",
+                    "10.0.0.1",
+                    "--instance",
+                    "i",
+                    "--via",
+                    "10.9.0.1",
+                ][..],
+                Event::CreateEni {
+                    eni: "e".into(),
+                    kind: eip_nat::model::EniKind::Primary,
+                    primary_ip: ip("10.0.0.1"),
+                    instance: Some("i".into()),
+                    location: Location {
+                        via: Some(ip("10.9.0.1")),
+                        dev: None,
+                    },
+                },
+            ),
+            (
+                &["eni", "delete"][..],
+                &["--eni", "e"][..],
+                Event::DeleteEni { eni: "e".into() },
+            ),
+            (
+                &["eni", "attach", "--eni", "e", "--instance", "i"][..],
+                &["--via", "10.9.0.1", "--dev", "eth1"][..],
+                Event::AttachEni {
+                    eni: "e".into(),
+                    instance: "i".into(),
+                    location: at.clone(),
+                },
+            ),
+            (
+                &["eni", "detach"][..],
+                &["--eni", "e"][..],
+                Event::DetachEni { eni: "e".into() },
+            ),
+            (
+                &["eni", "move", "--eni", "e", "--instance", "i"][..],
+                &[][..],
+                Event::MoveEni {
+                    eni: "e".into(),
+                    instance: "i".into(),
+                    location: Location::default(),
+                },
+            ),
+            (
+                &["eni", "locate", "--eni", "e"][..],
+                &["--via", "10.9.0.1", "--dev", "eth1"][..],
+                Event::LocateEni {
+                    eni: "e".into(),
+                    location: at,
+                },
+            ),
+            (
+                &["ip", "assign", "--eni", "e"][..],
+                &["--ip", "10.0.0.2"][..],
+                Event::AssignIp {
+                    eni: "e".into(),
+                    ip: ip("10.0.0.2"),
+                },
+            ),
+            (
+                &["ip", "revoke", "--eni", "e"][..],
+                &["--ip", "10.0.0.2"][..],
+                Event::RevokeIp {
+                    eni: "e".into(),
+                    ip: ip("10.0.0.2"),
+                },
+            ),
+            (
+                &["associate", "--eip", "203.0.113.1", "--eni", "e"][..],
+                &[][..],
+                Event::Associate {
+                    eip: ip("203.0.113.1"),
+                    eni: "e".into(),
+                    private_ip: None,
+                    mode: Mode::Nat,
+                },
+            ),
+            (
+                &["associate", "--eip", "203.0.113.1", "--eni", "e"][..],
+                &["--mode", "cut-through", "--private-ip", "10.0.0.1"][..],
+                Event::Associate {
+                    eip: ip("203.0.113.1"),
+                    eni: "e".into(),
+                    private_ip: Some(ip("10.0.0.1")),
+                    mode: Mode::CutThrough,
+                },
+            ),
+            (
+                &["disassociate"][..],
+                &["--eip", "203.0.113.1"][..],
+                Event::Disassociate {
+                    eip: ip("203.0.113.1"),
+                },
+            ),
+            (
+                &["instance", "terminate"][..],
+                &["--instance", "i"][..],
+                Event::TerminateInstance {
+                    instance: "i".into(),
+                },
+            ),
+        ];
+        let mut tags = std::collections::BTreeSet::new();
+        for (head, tail, want) in cases {
+            let args: Vec<&str> = head.iter().chain(tail).copied().collect();
+            assert_eq!(event(&args), want, "{args:?}");
+            tags.insert(serde_json::to_value(&want).unwrap()["event"].to_string());
+        }
+        let schema: serde_json::Value = schemars::schema_for!(Event).into();
+        assert_eq!(
+            tags.len(),
+            schema["oneOf"].as_array().unwrap().len(),
+            "an event untested"
+        );
+        let bad = [
+            &["associate", "--eip", "1.2.3", "--eni", "e"][..],
+            &[
+                "associate",
+                "--eip",
+                "203.0.113.1",
+                "--eni",
+                "e",
+                "--mode",
+                "x",
+            ][..],
+            &["eni", "create", "--eni", "e", "--kind", "primary"][..],
+            &["eni", "delete", "--eni", "e", "--ip", "10.0.0.1"][..],
+            &["eni"][..],
+        ];
+        for args in bad {
+            let argv = std::iter::once("eip-nat").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?} was taken");
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["eip-nat", "agent", "--xdp-mode", "generic"])
+                .unwrap()
+                .command,
+            Command::Agent(a) if a.xdp_mode == Some(AttachMode::Generic)
+        ));
+    }
 }

@@ -56,8 +56,8 @@ impl Reads {
             .verdicts()?
             .into_iter()
             .map(|(d, v, c)| VerdictStat {
-                direction: d.name().into(),
-                verdict: v.name().into(),
+                direction: d,
+                verdict: v,
                 code: v as u32,
                 drop: v.is_drop(),
                 packets: c.packets,

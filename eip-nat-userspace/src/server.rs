@@ -16,7 +16,7 @@ use axum::{
 };
 
 use crate::{
-    api::{ApiError, Batch, ErrorBody, OPENAPI},
+    api::{ApiError, Batch, ErrorBody, ErrorKind, OPENAPI},
     desired::Write,
     gateway::{chain, GatewayError},
     model::Event,
@@ -34,10 +34,10 @@ pub struct Shared {
 /// Largest request body the API takes.
 pub const MAX_BODY: usize = 64 << 20;
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+fn error(status: StatusCode, kind: ErrorKind, message: String) -> Response {
     let body = ErrorBody {
         error: ApiError {
-            kind: kind.into(),
+            kind,
             rule: None,
             index: None,
             message,
@@ -51,15 +51,15 @@ fn gateway_error(e: GatewayError) -> Response {
         GatewayError::Refused(_)
         | GatewayError::RefusedInBatch { .. }
         | GatewayError::BadLocation(_)
-        | GatewayError::RouteConflict(_) => (StatusCode::CONFLICT, "refused"),
-        GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
+        | GatewayError::RouteConflict(_) => (StatusCode::CONFLICT, ErrorKind::Refused),
+        GatewayError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, ErrorKind::Stale),
         GatewayError::Store(_)
         | GatewayError::Datapath { .. }
         | GatewayError::Routes(_)
         | GatewayError::NewStoreOverLiveDatapath(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "failed")
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Failed)
         }
-        GatewayError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        GatewayError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable),
     };
     let message = chain(&e);
     if status.is_server_error() {
@@ -73,7 +73,7 @@ fn gateway_error(e: GatewayError) -> Response {
     };
     let body = ErrorBody {
         error: ApiError {
-            kind: kind.into(),
+            kind,
             rule: e.rule().map(Into::into),
             index,
             message,
@@ -85,7 +85,7 @@ fn gateway_error(e: GatewayError) -> Response {
 fn malformed(e: JsonRejection) -> Response {
     error(
         StatusCode::BAD_REQUEST,
-        "malformed",
+        ErrorKind::Malformed,
         format!("malformed request: {}", e.body_text()),
     )
 }
@@ -120,7 +120,7 @@ async fn batch(State(api): State<Shared>, body: Bytes) -> Response {
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "malformed",
+                ErrorKind::Malformed,
                 format!("malformed request: {e}"),
             )
         }
@@ -136,7 +136,11 @@ async fn read_json<T: serde::Serialize + Send + 'static>(
     let body = blocking(move || f().map(|v| serde_json::to_vec(&v).expect("serializes"))).await;
     match body {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", chain(&e)),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed,
+            chain(&e),
+        ),
     }
 }
 
@@ -164,7 +168,7 @@ async fn openapi() -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorKind::NotFound,
         "no such endpoint (GET /openapi.json lists them)".into(),
     )
 }
@@ -200,7 +204,7 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
         Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => error(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorKind::Unauthorized,
             "a valid `Authorization: Bearer <token>` header is required".into(),
         ),
     }

@@ -338,7 +338,7 @@ mod faulty {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EniKind, Event, Location, Mode};
+    use crate::model::{EniKind, Event, Journal, Location, Mode};
 
     #[test]
     fn what_is_committed_loads_back() {
@@ -364,7 +364,7 @@ mod tests {
                     mode: Mode::Nat,
                 },
             ] {
-                let t = state.apply(&ev).unwrap();
+                let t = state.apply(&ev, &mut Journal::new(&state)).unwrap();
                 gen += 1;
                 store.commit(&state, &t, gen).unwrap();
             }
@@ -377,9 +377,12 @@ mod tests {
         assert_eq!(gen, 2);
         assert_eq!(loaded, state);
         let t = state
-            .apply(&Event::Disassociate {
-                eip: "203.0.113.1".parse().unwrap(),
-            })
+            .apply(
+                &Event::Disassociate {
+                    eip: "203.0.113.1".parse().unwrap(),
+                },
+                &mut Journal::new(&state),
+            )
             .unwrap();
         store.commit(&state, &t, 3).unwrap();
         assert_eq!(store.load(limits).unwrap(), (state, 3));

@@ -13,7 +13,7 @@ use std::{
 };
 
 use eip_nat::{
-    api::{Batch, Stats},
+    api::{Batch, ErrorKind, Stats},
     model::{tables, EniKind, Event, Limits, Location, Mode, State},
 };
 use eip_nat_common::{maps::ADDRESSES, AddrEntry};
@@ -751,8 +751,8 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
     let e = api.batch(&bad).unwrap_err();
     let err = e.api().unwrap();
     assert_eq!(
-        (err.kind.as_str(), err.rule.as_deref(), err.index),
-        ("refused", Some("primary_eni_nat_only"), Some(1))
+        (err.kind, err.rule.as_deref(), err.index),
+        (ErrorKind::Refused, Some("primary_eni_nat_only"), Some(1))
     );
     assert_eq!(api.generation().unwrap(), g0);
     assert!(api.state().unwrap().enis.is_empty());
@@ -774,7 +774,7 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
     assert_eq!(g1.generation, g0.generation + 1);
     assert_eq!(g1.applied_generation, g1.generation);
     let stale = api.batch(&good).unwrap_err();
-    assert_eq!(stale.api().unwrap().kind, "stale");
+    assert_eq!(stale.api().unwrap().kind, ErrorKind::Stale);
     assert_eq!(api.generation().unwrap(), g1);
     // A location the gateway cannot route to is refused before anything
     // is recorded; one on a connected network is taken.

@@ -4,38 +4,29 @@
 //! before anything is written anywhere; [`tables`] turns the state into
 //! what the datapath and the routing table must hold.
 
+mod journal;
 mod rules;
 pub mod tables;
-mod undo;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use journal::Journal;
 pub use rules::RuleError;
-pub use undo::Journal;
 
 /// Names an ENI, e.g. `eni-0a1b2c`.
 pub type EniId = String;
 /// Names an instance, e.g. `i-0a1b2c`.
 pub type InstanceId = String;
 
-/// How an EIP reaches its ENI (domain.md, "Association modes").
+/// How an EIP reaches its ENI (docs/domain.md, "Association modes").
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -63,7 +54,8 @@ impl Mode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Whether an ENI lives and dies with its instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EniKind {
     /// Created with an instance; lives and dies with it.
@@ -75,10 +67,12 @@ pub enum EniKind {
 /// Where the gateway reaches an ENI: a next hop, an interface, or both.
 /// Neither means "wherever the gateway's own routes already send its
 /// addresses" (an ENI on a directly connected subnet, say).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Location {
+    /// Next hop through which the gateway reaches the ENI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Ipv4Addr>,
+    /// Interface through which the gateway reaches the ENI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
 }
@@ -100,13 +94,13 @@ impl std::fmt::Display for Location {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attachment {
     pub instance: InstanceId,
     pub location: Location,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Eni {
     pub kind: EniKind,
     pub primary_ip: Ipv4Addr,
@@ -122,7 +116,7 @@ impl Eni {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Association {
     pub eip: Ipv4Addr,
     pub eni: EniId,
@@ -135,8 +129,9 @@ pub struct Association {
 }
 
 /// One change to the state, as the cloud's control plane reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(extend("discriminator" = {"propertyName": "event"}))]
 pub enum Event {
     /// A primary ENI comes with its instance (`instance` required); a
     /// secondary ENI is created detached.
@@ -144,23 +139,24 @@ pub enum Event {
         eni: EniId,
         kind: EniKind,
         primary_ip: Ipv4Addr,
+        /// The instance (primary ENIs only).
         #[serde(default)]
         instance: Option<InstanceId>,
         #[serde(default)]
         location: Location,
     },
-    DeleteEni {
-        eni: EniId,
-    },
+    /// Delete a detached secondary ENI that carries no EIP.
+    DeleteEni { eni: EniId },
+    /// Attach a detached secondary ENI to a known instance.
     AttachEni {
         eni: EniId,
         instance: InstanceId,
         #[serde(default)]
         location: Location,
     },
-    DetachEni {
-        eni: EniId,
-    },
+    /// Detach a secondary ENI; its EIPs stay associated, their packets are
+    /// dropped (`drop_eni_detached`).
+    DetachEni { eni: EniId },
     /// Detach and attach elsewhere in one step; its EIPs follow.
     MoveEni {
         eni: EniId,
@@ -174,30 +170,26 @@ pub enum Event {
         #[serde(default)]
         location: Location,
     },
-    AssignIp {
-        eni: EniId,
-        ip: Ipv4Addr,
-    },
-    RevokeIp {
-        eni: EniId,
-        ip: Ipv4Addr,
-    },
-    /// `private_ip` defaults to the ENI's primary private IP in NAT and
-    /// cut-through mode; multi-EIP mode takes none.
+    /// Assign a secondary private IP to an ENI.
+    AssignIp { eni: EniId, ip: Ipv4Addr },
+    /// Revoke a secondary private IP; refused while it carries an EIP.
+    RevokeIp { eni: EniId, ip: Ipv4Addr },
+    /// Associate an EIP with an ENI. `private_ip` defaults to the ENI's
+    /// primary private IP in NAT and cut-through mode; multi-EIP mode takes
+    /// none.
     Associate {
         eip: Ipv4Addr,
         eni: EniId,
+        /// NAT: which private IP (default: the ENI's primary). Cut-through:
+        /// the primary, if given. Multi-EIP: none.
         #[serde(default)]
         private_ip: Option<Ipv4Addr>,
         mode: Mode,
     },
-    Disassociate {
-        eip: Ipv4Addr,
-    },
+    /// Remove an EIP's association; it stops reaching its ENI at once.
+    Disassociate { eip: Ipv4Addr },
     /// The instance is gone, and its primary ENI with it.
-    TerminateInstance {
-        instance: InstanceId,
-    },
+    TerminateInstance { instance: InstanceId },
 }
 
 /// Capacities and quotas, from the agent's configuration.
@@ -328,11 +320,6 @@ impl State {
 
     pub fn association(&self, eip: Ipv4Addr) -> Option<&Association> {
         self.associations.get(&eip)
-    }
-
-    /// The ENI that holds `ip` as a private IP.
-    pub fn owner_of(&self, ip: Ipv4Addr) -> Option<&EniId> {
-        self.private_ips.get(&ip)
     }
 
     /// The EIP that `private_ip` carries (NAT or cut-through).

@@ -1,15 +1,18 @@
-//! A second, deliberately naive reading of domain.md's rules (lists and
-//! linear scans, no indexes, no shared code with `rules.rs`), and property
+//! A second, deliberately naive reading of docs/domain.md's rules (lists
+//! and linear scans, no indexes, no shared code with `rules.rs`), and property
 //! tests that random event sequences get the same answer from both: the
 //! same accept or refuse (and the same rule), and the same tables after
 //! every event.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use eip_nat_common::maps::{ADDR_DETACHED, ADDR_IS_EIP, ADDR_IS_PRIVATE, ADDR_PRIVATE_DISABLED};
 use proptest::prelude::*;
 
-use super::{tables, EniKind, Event, Limits, Location, Mode, State};
+use super::{tables, EniKind, Event, Journal, Limits, Location, Mode, State, Touched};
 
 #[derive(Clone, Debug)]
 struct OEni {
@@ -366,6 +369,46 @@ fn real_entries(state: &State) -> BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> {
         .collect()
 }
 
+/// What an accepted event reports as touched covers every row and every
+/// address (datapath entry or route) that it changed.
+fn covers(before: &State, after: &State, t: &Touched) -> Result<(), String> {
+    let ids: BTreeSet<&String> = before
+        .enis()
+        .chain(after.enis())
+        .map(|(id, _)| id)
+        .collect();
+    for id in ids {
+        if before.eni(id) != after.eni(id) && !t.enis.contains(id) {
+            return Err(format!("ENI {id} changed, not reported"));
+        }
+    }
+    let eips: BTreeSet<Ipv4Addr> = before
+        .associations()
+        .chain(after.associations())
+        .map(|a| a.eip)
+        .collect();
+    for eip in eips {
+        if before.association(eip) != after.association(eip) && !t.eips.contains(&eip) {
+            return Err(format!("association of {eip} changed, not reported"));
+        }
+    }
+    let (e0, e1) = (tables::all_entries(before), tables::all_entries(after));
+    let (r0, r1) = (tables::all_routes(before), tables::all_routes(after));
+    let addrs: BTreeSet<&Ipv4Addr> = e0
+        .keys()
+        .chain(e1.keys())
+        .chain(r0.keys())
+        .chain(r1.keys())
+        .collect();
+    for a in addrs {
+        let changed = e0.get(a) != e1.get(a) || r0.get(a) != r1.get(a);
+        if changed && !t.addresses.contains(a) {
+            return Err(format!("the entry or route of {a} changed, not reported"));
+        }
+    }
+    Ok(())
+}
+
 const LIMITS: Limits = Limits {
     max_associations: 6,
     multi_eip_quota: 3,
@@ -452,11 +495,13 @@ proptest! {
         let mut oracle = Oracle { quota: 3, capacity: 6, ..Default::default() };
         for (i, ev) in events.iter().enumerate() {
             let before = state.clone();
-            let real = state.apply(ev).map(|_| ()).map_err(|e| e.code());
+            let touched = state.apply(ev, &mut Journal::new(&state));
+            let real = touched.as_ref().map(|_| ()).map_err(|e| e.code());
             let expected = oracle.apply(ev);
             prop_assert_eq!(real, expected, "event {} {:?}", i, ev);
-            if real.is_err() {
-                prop_assert_eq!(&state, &before, "a refused event changed the state");
+            match touched {
+                Ok(t) => covers(&before, &state, &t).map_err(|e| TestCaseError::fail(format!("event {i} {ev:?}: {e}")))?,
+                Err(_) => prop_assert_eq!(&state, &before, "a refused event changed the state"),
             }
             prop_assert_eq!(real_entries(&state), oracle.entries(), "after event {} {:?}", i, ev);
             prop_assert_eq!(tables::all_routes(&state), oracle.routes(), "after event {} {:?}", i, ev);
@@ -492,11 +537,10 @@ proptest! {
         for size in sizes {
             let batch: Vec<_> = events.by_ref().take(size).collect();
             let before = state.clone();
-            let mut journal = super::Journal::new(&state);
+            let mut journal = Journal::new(&state);
             let mut refused = false;
             for ev in batch {
-                journal.save(&state, ev);
-                if state.apply(ev).is_err() {
+                if state.apply(ev, &mut journal).is_err() {
                     refused = true;
                     break;
                 }

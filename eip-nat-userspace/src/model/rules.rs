@@ -1,12 +1,16 @@
-//! The rules of domain.md, applied to one event at a time. Each handler
-//! checks everything first and changes the state last, so a refused event
-//! leaves the state exactly as it was.
+//! The rules of docs/domain.md, applied to one event at a time. Each
+//! handler checks everything first and changes the state last, through the
+//! primitives of `journal.rs`, so a refused event leaves the state exactly
+//! as it was.
 
 use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
-use super::{Association, Attachment, Eni, EniId, EniKind, Event, Location, Mode, State, Touched};
+use super::{
+    journal::Writes, Association, Attachment, Eni, EniId, EniKind, Event, Journal, Location, Mode,
+    State, Touched,
+};
 
 /// Why an event was refused. Each message names the rule it broke;
 /// [`RuleError::code`] is the same rule as a stable identifier.
@@ -206,9 +210,13 @@ fn valid_location(l: &Location) -> Result<(), RuleError> {
 }
 
 impl State {
-    /// Checks `event` against every rule and, if it passes, applies it.
-    /// A refused event changes nothing.
-    pub fn apply(&mut self, event: &Event) -> Result<Touched, RuleError> {
+    /// Checks `event` against every rule and, if it passes, applies it,
+    /// saving in `journal` the rows it changes as they were before (see
+    /// [`State::undo`]). A refused event changes nothing. Returns what the
+    /// event changed.
+    pub fn apply(&mut self, event: &Event, journal: &mut Journal) -> Result<Touched, RuleError> {
+        let mut w = Writes::new(journal);
+        let w = &mut w;
         match event {
             Event::CreateEni {
                 eni,
@@ -216,31 +224,32 @@ impl State {
                 primary_ip,
                 instance,
                 location,
-            } => self.create_eni(eni, *kind, *primary_ip, instance.as_deref(), location),
-            Event::DeleteEni { eni } => self.delete_eni(eni),
+            } => self.create_eni(w, eni, *kind, *primary_ip, instance.as_deref(), location),
+            Event::DeleteEni { eni } => self.delete_eni(w, eni),
             Event::AttachEni {
                 eni,
                 instance,
                 location,
-            } => self.attach_eni(eni, instance, location),
-            Event::DetachEni { eni } => self.detach_eni(eni),
+            } => self.attach_eni(w, eni, instance, location),
+            Event::DetachEni { eni } => self.detach_eni(w, eni),
             Event::MoveEni {
                 eni,
                 instance,
                 location,
-            } => self.move_eni(eni, instance, location),
-            Event::LocateEni { eni, location } => self.locate_eni(eni, location),
-            Event::AssignIp { eni, ip } => self.assign_ip(eni, *ip),
-            Event::RevokeIp { eni, ip } => self.revoke_ip(eni, *ip),
+            } => self.move_eni(w, eni, instance, location),
+            Event::LocateEni { eni, location } => self.locate_eni(w, eni, location),
+            Event::AssignIp { eni, ip } => self.assign_ip(w, eni, *ip),
+            Event::RevokeIp { eni, ip } => self.revoke_ip(w, eni, *ip),
             Event::Associate {
                 eip,
                 eni,
                 private_ip,
                 mode,
-            } => self.associate(*eip, eni, *private_ip, *mode),
-            Event::Disassociate { eip } => self.disassociate(*eip),
-            Event::TerminateInstance { instance } => self.terminate_instance(instance),
-        }
+            } => self.associate(w, *eip, eni, *private_ip, *mode),
+            Event::Disassociate { eip } => self.disassociate(w, *eip),
+            Event::TerminateInstance { instance } => self.terminate_instance(w, instance),
+        }?;
+        Ok(std::mem::take(&mut w.touched))
     }
 
     fn existing(&self, eni: &str) -> Result<&Eni, RuleError> {
@@ -282,32 +291,15 @@ impl State {
         Ok(())
     }
 
-    /// The addresses whose datapath entry or route depends on `eni`.
-    fn addresses_of(&self, eni: &Eni) -> Touched {
-        let mut t = Touched::default();
-        for eip in &eni.eips {
-            t.addresses.insert(*eip);
-            if let Some(p) = self.associations.get(eip).and_then(|a| a.private_ip) {
-                t.addresses.insert(p);
-            }
-        }
-        t
-    }
-
-    fn touched_eni(&self, eni: &str) -> Touched {
-        let mut t = self.addresses_of(&self.enis[eni]);
-        t.enis.insert(eni.to_string());
-        t
-    }
-
     fn create_eni(
         &mut self,
+        w: &mut Writes,
         id: &str,
         kind: EniKind,
         primary_ip: Ipv4Addr,
         instance: Option<&str>,
         location: &Location,
-    ) -> Result<Touched, RuleError> {
+    ) -> Result<(), RuleError> {
         valid_name("ENI", id)?;
         usable(primary_ip)?;
         valid_location(location)?;
@@ -333,12 +325,9 @@ impl State {
             }
             (EniKind::Secondary, None) => None,
         };
-        if let Some(a) = &attachment {
-            self.instances.insert(a.instance.clone(), id.to_string());
-        }
-        self.private_ips.insert(primary_ip, id.to_string());
-        self.enis.insert(
-            id.to_string(),
+        self.insert_eni(
+            w,
+            id,
             Eni {
                 kind,
                 primary_ip,
@@ -347,10 +336,10 @@ impl State {
                 eips: Default::default(),
             },
         );
-        Ok(self.touched_eni(id))
+        Ok(())
     }
 
-    fn delete_eni(&mut self, id: &str) -> Result<Touched, RuleError> {
+    fn delete_eni(&mut self, w: &mut Writes, id: &str) -> Result<(), RuleError> {
         let eni = self.secondary(id)?;
         if let Some(a) = &eni.attachment {
             return Err(RuleError::EniAttached {
@@ -364,25 +353,17 @@ impl State {
                 eip,
             });
         }
-        Ok(self.remove_eni(id))
-    }
-
-    fn remove_eni(&mut self, id: &str) -> Touched {
-        let eni = self.enis.remove(id).expect("checked");
-        for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips) {
-            self.private_ips.remove(&ip);
-        }
-        let mut t = Touched::default();
-        t.enis.insert(id.to_string());
-        t
+        self.remove_eni(w, id);
+        Ok(())
     }
 
     fn attach_eni(
         &mut self,
+        w: &mut Writes,
         id: &str,
         instance: &str,
         location: &Location,
-    ) -> Result<Touched, RuleError> {
+    ) -> Result<(), RuleError> {
         valid_name("instance", instance)?;
         valid_location(location)?;
         let eni = self.secondary(id)?;
@@ -393,37 +374,34 @@ impl State {
             });
         }
         self.known_instance(instance)?;
-        self.set_attachment(id, instance, location)
+        self.attach(w, id, instance, location);
+        Ok(())
     }
 
-    fn set_attachment(
-        &mut self,
-        id: &str,
-        instance: &str,
-        location: &Location,
-    ) -> Result<Touched, RuleError> {
-        self.enis.get_mut(id).expect("checked").attachment = Some(Attachment {
+    fn attach(&mut self, w: &mut Writes, id: &str, instance: &str, location: &Location) {
+        let a = Attachment {
             instance: instance.to_string(),
             location: location.clone(),
-        });
-        Ok(self.touched_eni(id))
+        };
+        self.set_attachment(w, id, Some(a));
     }
 
-    fn detach_eni(&mut self, id: &str) -> Result<Touched, RuleError> {
+    fn detach_eni(&mut self, w: &mut Writes, id: &str) -> Result<(), RuleError> {
         let eni = self.secondary(id)?;
         if eni.attachment.is_none() {
             return Err(RuleError::NotAttached(id.to_string()));
         }
-        self.enis.get_mut(id).expect("checked").attachment = None;
-        Ok(self.touched_eni(id))
+        self.set_attachment(w, id, None);
+        Ok(())
     }
 
     fn move_eni(
         &mut self,
+        w: &mut Writes,
         id: &str,
         instance: &str,
         location: &Location,
-    ) -> Result<Touched, RuleError> {
+    ) -> Result<(), RuleError> {
         valid_name("instance", instance)?;
         valid_location(location)?;
         let eni = self.secondary(id)?;
@@ -438,33 +416,35 @@ impl State {
                 instance: current,
             });
         }
-        self.set_attachment(id, instance, location)
+        self.attach(w, id, instance, location);
+        Ok(())
     }
 
-    fn locate_eni(&mut self, id: &str, location: &Location) -> Result<Touched, RuleError> {
+    fn locate_eni(
+        &mut self,
+        w: &mut Writes,
+        id: &str,
+        location: &Location,
+    ) -> Result<(), RuleError> {
         valid_location(location)?;
         let eni = self.existing(id)?;
         let Some(a) = &eni.attachment else {
             return Err(RuleError::NotAttached(id.to_string()));
         };
         let instance = a.instance.clone();
-        self.set_attachment(id, &instance, location)
+        self.attach(w, id, &instance, location);
+        Ok(())
     }
 
-    fn assign_ip(&mut self, id: &str, ip: Ipv4Addr) -> Result<Touched, RuleError> {
+    fn assign_ip(&mut self, w: &mut Writes, id: &str, ip: Ipv4Addr) -> Result<(), RuleError> {
         self.existing(id)?;
         usable(ip)?;
         self.unused(ip)?;
-        self.enis
-            .get_mut(id)
-            .expect("checked")
-            .secondary_ips
-            .insert(ip);
-        self.private_ips.insert(ip, id.to_string());
-        Ok(self.touched_eni(id))
+        self.add_secondary_ip(w, id, ip);
+        Ok(())
     }
 
-    fn revoke_ip(&mut self, id: &str, ip: Ipv4Addr) -> Result<Touched, RuleError> {
+    fn revoke_ip(&mut self, w: &mut Writes, id: &str, ip: Ipv4Addr) -> Result<(), RuleError> {
         let eni = self.existing(id)?;
         if eni.primary_ip == ip {
             return Err(RuleError::RevokePrimaryIp {
@@ -481,22 +461,18 @@ impl State {
         if let Some(a) = self.eip_of(ip) {
             return Err(RuleError::IpCarriesEip { ip, eip: a.eip });
         }
-        self.enis
-            .get_mut(id)
-            .expect("checked")
-            .secondary_ips
-            .remove(&ip);
-        self.private_ips.remove(&ip);
-        Ok(self.touched_eni(id))
+        self.remove_secondary_ip(w, id, ip);
+        Ok(())
     }
 
     fn associate(
         &mut self,
+        w: &mut Writes,
         eip: Ipv4Addr,
         id: &str,
         private_ip: Option<Ipv4Addr>,
         mode: Mode,
-    ) -> Result<Touched, RuleError> {
+    ) -> Result<(), RuleError> {
         usable(eip)?;
         if let Some(p) = private_ip {
             usable(p)?;
@@ -585,52 +561,26 @@ impl State {
             None if self.next_slot < self.limits.max_associations => self.next_slot,
             None => return Err(RuleError::Full(self.limits.max_associations)),
         };
-
-        if !self.free_slots.remove(&slot) {
-            self.next_slot = slot + 1;
-        }
-        self.enis.get_mut(id).expect("checked").eips.insert(eip);
-        self.associations.insert(
+        let a = Association {
             eip,
-            Association {
-                eip,
-                eni: id.to_string(),
-                private_ip,
-                mode,
-                slot,
-            },
-        );
-        let mut t = Touched::default();
-        t.enis.insert(id.to_string());
-        t.eips.insert(eip);
-        t.addresses.extend([eip].into_iter().chain(private_ip));
-        Ok(t)
+            eni: id.to_string(),
+            private_ip,
+            mode,
+            slot,
+        };
+        self.insert_association(w, a);
+        Ok(())
     }
 
-    fn disassociate(&mut self, eip: Ipv4Addr) -> Result<Touched, RuleError> {
-        let a = self
-            .associations
-            .remove(&eip)
-            .ok_or(RuleError::UnknownEip(eip))?;
-        self.enis
-            .get_mut(&a.eni)
-            .expect("indexed")
-            .eips
-            .remove(&eip);
-        self.free_slots.insert(a.slot);
-        // Keep the slot bookkeeping canonical (free = the gaps below the
-        // highest slot in use), so a state rebuilt from the store is equal.
-        while self.next_slot > 0 && self.free_slots.remove(&(self.next_slot - 1)) {
-            self.next_slot -= 1;
+    fn disassociate(&mut self, w: &mut Writes, eip: Ipv4Addr) -> Result<(), RuleError> {
+        if !self.associations.contains_key(&eip) {
+            return Err(RuleError::UnknownEip(eip));
         }
-        let mut t = Touched::default();
-        t.enis.insert(a.eni);
-        t.eips.insert(eip);
-        t.addresses.extend([eip].into_iter().chain(a.private_ip));
-        Ok(t)
+        self.remove_association(w, eip);
+        Ok(())
     }
 
-    fn terminate_instance(&mut self, instance: &str) -> Result<Touched, RuleError> {
+    fn terminate_instance(&mut self, w: &mut Writes, instance: &str) -> Result<(), RuleError> {
         let Some(primary) = self.instances.get(instance).cloned() else {
             return Err(RuleError::UnknownInstance(instance.to_string()));
         };
@@ -649,8 +599,8 @@ impl State {
         if let Some(&eip) = self.enis[&primary].eips.first() {
             return Err(RuleError::EniHasEips { eni: primary, eip });
         }
-        self.instances.remove(instance);
-        Ok(self.remove_eni(&primary))
+        self.remove_eni(w, &primary);
+        Ok(())
     }
 }
 

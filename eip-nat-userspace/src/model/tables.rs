@@ -54,8 +54,8 @@ pub fn entry_for(state: &State, addr: Ipv4Addr) -> Option<AddrEntry> {
             private_slot: a.slot,
             ..Default::default()
         },
-        // The EIP took this address's place (domain.md: the private network
-        // is no longer usable on a cut-through ENI).
+        // The EIP took this address's place (docs/domain.md: the private
+        // network is no longer usable on a cut-through ENI).
         Mode::CutThrough => {
             return Some(AddrEntry {
                 flags: ADDR_PRIVATE_DISABLED,

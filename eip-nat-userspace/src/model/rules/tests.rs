@@ -2,7 +2,12 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::{EniKind, Event, Limits, Location, Mode, RuleError, State};
+use crate::model::{EniKind, Event, Journal, Limits, Location, Mode, RuleError, State, Touched};
+
+/// One event on its own: a refused one changes nothing, so nothing to undo.
+fn apply(s: &mut State, ev: &Event) -> Result<Touched, RuleError> {
+    s.apply(ev, &mut Journal::new(s))
+}
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -50,14 +55,14 @@ fn world() -> State {
             location: via("10.9.0.1"),
         },
     ] {
-        s.apply(&ev).expect("world");
+        apply(&mut s, &ev).expect("world");
     }
     s
 }
 
 fn refused(s: &mut State, ev: Event) -> RuleError {
     let before = s.clone();
-    let e = s.apply(&ev).expect_err("should be refused");
+    let e = apply(s, &ev).expect_err("should be refused");
     assert_eq!(*s, before, "{ev:?} changed the state");
     e
 }
@@ -74,22 +79,22 @@ fn associate(eip: &str, eni: &str, private_ip: Option<&str>, mode: Mode) -> Even
 #[test]
 fn an_eip_has_one_target_and_a_private_ip_one_eip() {
     let mut s = world();
-    s.apply(&associate("203.0.113.1", "eni-p", None, Mode::Nat))
-        .unwrap();
+    apply(&mut s, &associate("203.0.113.1", "eni-p", None, Mode::Nat)).unwrap();
     let e = refused(&mut s, associate("203.0.113.1", "eni-q", None, Mode::Nat));
     assert_eq!(e.code(), "eip_has_one_target");
     assert!(e.to_string().contains("an EIP has one target"), "{e}");
-    s.apply(&Event::AssignIp {
-        eni: "eni-s".into(),
-        ip: ip("10.0.1.2"),
-    })
+    apply(
+        &mut s,
+        &Event::AssignIp {
+            eni: "eni-s".into(),
+            ip: ip("10.0.1.2"),
+        },
+    )
     .unwrap();
-    s.apply(&associate(
-        "203.0.113.2",
-        "eni-s",
-        Some("10.0.1.2"),
-        Mode::Nat,
-    ))
+    apply(
+        &mut s,
+        &associate("203.0.113.2", "eni-s", Some("10.0.1.2"), Mode::Nat),
+    )
     .unwrap();
     let e = refused(
         &mut s,
@@ -106,13 +111,15 @@ fn a_primary_eni_takes_one_eip_in_nat_mode_only() {
         let e = refused(&mut s, associate("203.0.113.1", "eni-p", None, mode));
         assert_eq!(e.code(), "primary_eni_nat_only", "{e}");
     }
-    s.apply(&Event::AssignIp {
-        eni: "eni-p".into(),
-        ip: ip("10.0.0.11"),
-    })
+    apply(
+        &mut s,
+        &Event::AssignIp {
+            eni: "eni-p".into(),
+            ip: ip("10.0.0.11"),
+        },
+    )
     .unwrap();
-    s.apply(&associate("203.0.113.1", "eni-p", None, Mode::Nat))
-        .unwrap();
+    apply(&mut s, &associate("203.0.113.1", "eni-p", None, Mode::Nat)).unwrap();
     let e = refused(
         &mut s,
         associate("203.0.113.2", "eni-p", Some("10.0.0.11"), Mode::Nat),
@@ -123,18 +130,24 @@ fn a_primary_eni_takes_one_eip_in_nat_mode_only() {
 #[test]
 fn cut_through_takes_the_primary_private_ip_and_nothing_else() {
     let mut s = world();
-    s.apply(&Event::AssignIp {
-        eni: "eni-s".into(),
-        ip: ip("10.0.1.2"),
-    })
+    apply(
+        &mut s,
+        &Event::AssignIp {
+            eni: "eni-s".into(),
+            ip: ip("10.0.1.2"),
+        },
+    )
     .unwrap();
     let e = refused(
         &mut s,
         associate("203.0.113.1", "eni-s", Some("10.0.1.2"), Mode::CutThrough),
     );
     assert_eq!(e.code(), "cut_through_primary_ip");
-    s.apply(&associate("203.0.113.1", "eni-s", None, Mode::CutThrough))
-        .unwrap();
+    apply(
+        &mut s,
+        &associate("203.0.113.1", "eni-s", None, Mode::CutThrough),
+    )
+    .unwrap();
     assert_eq!(
         s.association(ip("203.0.113.1")).unwrap().private_ip,
         Some(ip("10.0.1.1"))
@@ -154,8 +167,7 @@ fn multi_eip_has_a_quota_and_no_private_ip() {
     );
     assert_eq!(e.code(), "multi_eip_no_private_ip");
     for eip in ["203.0.113.1", "203.0.113.2"] {
-        s.apply(&associate(eip, "eni-s", None, Mode::MultiEip))
-            .unwrap();
+        apply(&mut s, &associate(eip, "eni-s", None, Mode::MultiEip)).unwrap();
     }
     let e = refused(
         &mut s,
@@ -170,17 +182,18 @@ fn multi_eip_has_a_quota_and_no_private_ip() {
 #[test]
 fn revoking_a_private_ip_that_carries_an_eip_is_refused() {
     let mut s = world();
-    s.apply(&Event::AssignIp {
-        eni: "eni-s".into(),
-        ip: ip("10.0.1.2"),
-    })
+    apply(
+        &mut s,
+        &Event::AssignIp {
+            eni: "eni-s".into(),
+            ip: ip("10.0.1.2"),
+        },
+    )
     .unwrap();
-    s.apply(&associate(
-        "203.0.113.1",
-        "eni-s",
-        Some("10.0.1.2"),
-        Mode::Nat,
-    ))
+    apply(
+        &mut s,
+        &associate("203.0.113.1", "eni-s", Some("10.0.1.2"), Mode::Nat),
+    )
     .unwrap();
     let revoke = Event::RevokeIp {
         eni: "eni-s".into(),
@@ -195,11 +208,14 @@ fn revoking_a_private_ip_that_carries_an_eip_is_refused() {
         },
     );
     assert_eq!(e.code(), "revoke_primary_ip");
-    s.apply(&Event::Disassociate {
-        eip: ip("203.0.113.1"),
-    })
+    apply(
+        &mut s,
+        &Event::Disassociate {
+            eip: ip("203.0.113.1"),
+        },
+    )
     .unwrap();
-    s.apply(&revoke).unwrap();
+    apply(&mut s, &revoke).unwrap();
 }
 
 #[test]
@@ -221,19 +237,25 @@ fn deleting_an_attached_eni_is_refused() {
         .code(),
         "primary_eni_fixed"
     );
-    s.apply(&Event::DetachEni {
-        eni: "eni-s".into(),
-    })
+    apply(
+        &mut s,
+        &Event::DetachEni {
+            eni: "eni-s".into(),
+        },
+    )
     .unwrap();
-    s.apply(&delete).unwrap();
+    apply(&mut s, &delete).unwrap();
     assert!(s.eni("eni-s").is_none());
 }
 
 #[test]
 fn moving_an_eni_takes_its_eips_along() {
     let mut s = world();
-    s.apply(&associate("203.0.113.1", "eni-s", None, Mode::MultiEip))
-        .unwrap();
+    apply(
+        &mut s,
+        &associate("203.0.113.1", "eni-s", None, Mode::MultiEip),
+    )
+    .unwrap();
     let mv = |instance: &str, at: &str| Event::MoveEni {
         eni: "eni-s".into(),
         instance: instance.into(),
@@ -247,7 +269,7 @@ fn moving_an_eni_takes_its_eips_along() {
         refused(&mut s, mv("i-9", "10.9.0.1")).code(),
         "unknown_instance"
     );
-    let t = s.apply(&mv("i-2", "10.9.0.2")).unwrap();
+    let t = apply(&mut s, &mv("i-2", "10.9.0.2")).unwrap();
     assert!(t.addresses.contains(&ip("203.0.113.1")));
     assert_eq!(
         crate::model::tables::route_for(&s, ip("203.0.113.1")),
@@ -262,17 +284,23 @@ fn an_instance_goes_with_its_primary_eni() {
         instance: "i-1".into(),
     };
     assert_eq!(refused(&mut s, term.clone()).code(), "instance_has_enis");
-    s.apply(&Event::DetachEni {
-        eni: "eni-s".into(),
-    })
+    apply(
+        &mut s,
+        &Event::DetachEni {
+            eni: "eni-s".into(),
+        },
+    )
     .unwrap();
-    s.apply(&term).unwrap();
+    apply(&mut s, &term).unwrap();
     assert!(s.eni("eni-p").is_none());
     // Its address is free again.
-    s.apply(&Event::AssignIp {
-        eni: "eni-s".into(),
-        ip: ip("10.0.0.1"),
-    })
+    apply(
+        &mut s,
+        &Event::AssignIp {
+            eni: "eni-s".into(),
+            ip: ip("10.0.0.1"),
+        },
+    )
     .unwrap();
 }
 
@@ -314,27 +342,39 @@ fn a_full_table_refuses_and_slots_are_reused() {
         max_associations: 1,
         multi_eip_quota: 10,
     });
-    s.apply(&Event::CreateEni {
-        eni: "eni-s".into(),
-        kind: EniKind::Secondary,
-        primary_ip: ip("10.0.1.1"),
-        instance: None,
-        location: Location::default(),
-    })
+    apply(
+        &mut s,
+        &Event::CreateEni {
+            eni: "eni-s".into(),
+            kind: EniKind::Secondary,
+            primary_ip: ip("10.0.1.1"),
+            instance: None,
+            location: Location::default(),
+        },
+    )
     .unwrap();
-    s.apply(&associate("203.0.113.1", "eni-s", None, Mode::MultiEip))
-        .unwrap();
+    apply(
+        &mut s,
+        &associate("203.0.113.1", "eni-s", None, Mode::MultiEip),
+    )
+    .unwrap();
     let e = refused(
         &mut s,
         associate("203.0.113.2", "eni-s", None, Mode::MultiEip),
     );
     assert_eq!(e.code(), "table_full");
-    s.apply(&Event::Disassociate {
-        eip: ip("203.0.113.1"),
-    })
+    apply(
+        &mut s,
+        &Event::Disassociate {
+            eip: ip("203.0.113.1"),
+        },
+    )
     .unwrap();
-    s.apply(&associate("203.0.113.2", "eni-s", None, Mode::MultiEip))
-        .unwrap();
+    apply(
+        &mut s,
+        &associate("203.0.113.2", "eni-s", None, Mode::MultiEip),
+    )
+    .unwrap();
     assert_eq!(s.association(ip("203.0.113.2")).unwrap().slot, 0);
 }
 
@@ -369,14 +409,16 @@ fn undoing_a_batch_restores_slots_addresses_and_instances() {
                 eni: "eni-s".into(),
                 ip: ip(private),
             };
-            s.apply(&assign).unwrap();
+            apply(&mut s, &assign).unwrap();
         }
-        s.apply(&associate(eip, "eni-s", Some(private), Mode::Nat))
-            .unwrap();
+        apply(&mut s, &associate(eip, "eni-s", Some(private), Mode::Nat)).unwrap();
     }
-    s.apply(&Event::Disassociate {
-        eip: ip("203.0.113.2"),
-    })
+    apply(
+        &mut s,
+        &Event::Disassociate {
+            eip: ip("203.0.113.2"),
+        },
+    )
     .unwrap();
     let before = s.clone();
     let batch = [
@@ -403,16 +445,17 @@ fn undoing_a_batch_restores_slots_addresses_and_instances() {
             eni: "eni-s".into(),
         },
     ];
-    let mut journal = crate::model::Journal::new(&s);
+    let mut journal = Journal::new(&s);
     let (last, accepted) = batch.split_last().unwrap();
     for ev in accepted {
-        journal.save(&s, ev);
-        s.apply(ev).unwrap();
+        s.apply(ev, &mut journal).unwrap();
     }
     assert_eq!(s.association(ip("203.0.113.9")).unwrap().slot, 1);
     assert!(s.eni("eni-q").is_none());
-    journal.save(&s, last);
-    assert_eq!(s.apply(last).unwrap_err().code(), "eni_attached");
+    assert_eq!(
+        s.apply(last, &mut journal).unwrap_err().code(),
+        "eni_attached"
+    );
     s.undo(journal);
     assert_eq!(s, before);
 }

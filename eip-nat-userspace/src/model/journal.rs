@@ -1,0 +1,211 @@
+//! Every change to the state's rows goes through the primitives here. Each
+//! saves the row's pre-image in the caller's [`Journal`] (once per batch:
+//! as it was before the batch) and notes the row in the event's
+//! [`Touched`] before changing it. So [`State::undo`] puts back what a
+//! refused batch changed, a batch costs what its events touch, not what
+//! the state holds, and the rows to persist are the rows that changed:
+//! there is no second list, per event, of the rows it changes.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use super::{Association, Attachment, Eni, EniId, EniKind, State, Touched};
+
+/// The rows a batch has changed so far, as they were before it.
+pub struct Journal {
+    enis: HashMap<EniId, Option<Eni>>,
+    associations: HashMap<Ipv4Addr, Option<Association>>,
+    free_slots: BTreeSet<u32>,
+    next_slot: u32,
+}
+
+impl Journal {
+    pub fn new(state: &State) -> Self {
+        Self {
+            enis: HashMap::new(),
+            associations: HashMap::new(),
+            free_slots: state.free_slots.clone(),
+            next_slot: state.next_slot,
+        }
+    }
+}
+
+/// One event's changes: pre-images into the batch's journal, rows and
+/// addresses into the event's [`Touched`].
+pub(super) struct Writes<'j> {
+    journal: &'j mut Journal,
+    pub(super) touched: Touched,
+}
+
+impl<'j> Writes<'j> {
+    pub(super) fn new(journal: &'j mut Journal) -> Self {
+        Self {
+            journal,
+            touched: Touched::default(),
+        }
+    }
+
+    fn eni(&mut self, state: &State, id: &str) {
+        self.journal
+            .enis
+            .entry(id.to_string())
+            .or_insert_with(|| state.enis.get(id).cloned());
+        self.touched.enis.insert(id.to_string());
+    }
+
+    fn association(&mut self, state: &State, eip: Ipv4Addr) {
+        self.journal
+            .associations
+            .entry(eip)
+            .or_insert_with(|| state.associations.get(&eip).cloned());
+        self.touched.eips.insert(eip);
+    }
+
+    /// Every address whose datapath entry or route depends on ENI `id`:
+    /// its EIPs and the private IPs they translate to.
+    fn addresses_of(&mut self, state: &State, id: &str) {
+        let Some(eni) = state.enis.get(id) else {
+            return;
+        };
+        for eip in &eni.eips {
+            self.touched.addresses.insert(*eip);
+            let private = state.associations.get(eip).and_then(|a| a.private_ip);
+            self.touched.addresses.extend(private);
+        }
+    }
+}
+
+/// The row-changing primitives: the only code that writes `enis` and
+/// `associations`, and the indexes that follow them.
+impl State {
+    pub(super) fn insert_eni(&mut self, w: &mut Writes, id: &str, eni: Eni) {
+        w.eni(self, id);
+        self.index(id, &eni);
+        self.enis.insert(id.to_string(), eni);
+        w.addresses_of(self, id);
+    }
+
+    pub(super) fn remove_eni(&mut self, w: &mut Writes, id: &str) {
+        w.eni(self, id);
+        w.addresses_of(self, id);
+        let eni = self.enis.remove(id).expect("checked");
+        self.unindex(&eni);
+    }
+
+    /// Adds what `eni` puts in the indexes: its private IPs, and its
+    /// instance if it is a primary ENI.
+    fn index(&mut self, id: &str, eni: &Eni) {
+        for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
+            self.private_ips.insert(ip, id.to_string());
+        }
+        if let (EniKind::Primary, Some(a)) = (eni.kind, &eni.attachment) {
+            self.instances.insert(a.instance.clone(), id.to_string());
+        }
+    }
+
+    fn unindex(&mut self, eni: &Eni) {
+        for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
+            self.private_ips.remove(&ip);
+        }
+        if let (EniKind::Primary, Some(a)) = (eni.kind, &eni.attachment) {
+            self.instances.remove(&a.instance);
+        }
+    }
+
+    /// Where a secondary ENI is attached, or where any attached ENI lives:
+    /// every address it carries follows.
+    pub(super) fn set_attachment(&mut self, w: &mut Writes, id: &str, a: Option<Attachment>) {
+        w.eni(self, id);
+        w.addresses_of(self, id);
+        let eni = self.enis.get_mut(id).expect("checked");
+        debug_assert!(
+            eni.kind == EniKind::Secondary
+                || eni.attachment.as_ref().map(|a| &a.instance) == a.as_ref().map(|a| &a.instance),
+            "a primary ENI stays with its instance"
+        );
+        eni.attachment = a;
+    }
+
+    pub(super) fn add_secondary_ip(&mut self, w: &mut Writes, id: &str, ip: Ipv4Addr) {
+        w.eni(self, id);
+        w.addresses_of(self, id);
+        let eni = self.enis.get_mut(id).expect("checked");
+        eni.secondary_ips.insert(ip);
+        self.private_ips.insert(ip, id.to_string());
+    }
+
+    pub(super) fn remove_secondary_ip(&mut self, w: &mut Writes, id: &str, ip: Ipv4Addr) {
+        w.eni(self, id);
+        w.addresses_of(self, id);
+        let eni = self.enis.get_mut(id).expect("checked");
+        eni.secondary_ips.remove(&ip);
+        self.private_ips.remove(&ip);
+    }
+
+    /// Associates `a.eip` with its ENI, on counter slot `a.slot`: the
+    /// lowest free one.
+    pub(super) fn insert_association(&mut self, w: &mut Writes, a: Association) {
+        w.eni(self, &a.eni);
+        w.association(self, a.eip);
+        w.touched
+            .addresses
+            .extend([a.eip].into_iter().chain(a.private_ip));
+        if !self.free_slots.remove(&a.slot) {
+            self.next_slot = a.slot + 1;
+        }
+        self.enis
+            .get_mut(&a.eni)
+            .expect("checked")
+            .eips
+            .insert(a.eip);
+        self.associations.insert(a.eip, a);
+    }
+
+    pub(super) fn remove_association(&mut self, w: &mut Writes, eip: Ipv4Addr) {
+        w.association(self, eip);
+        let a = self.associations.remove(&eip).expect("checked");
+        w.eni(self, &a.eni);
+        w.touched
+            .addresses
+            .extend([a.eip].into_iter().chain(a.private_ip));
+        self.enis
+            .get_mut(&a.eni)
+            .expect("indexed")
+            .eips
+            .remove(&eip);
+        self.free_slots.insert(a.slot);
+        // Keep the slot bookkeeping canonical (free = the gaps below the
+        // highest slot in use), so a state rebuilt from the store is equal.
+        while self.next_slot > 0 && self.free_slots.remove(&(self.next_slot - 1)) {
+            self.next_slot -= 1;
+        }
+    }
+
+    /// Puts back every row `journal` saved: the state is as it was when
+    /// the journal was made.
+    pub fn undo(&mut self, journal: Journal) {
+        // Indexes first: drop what the current rows put there, then add
+        // what the saved rows had (an address may have moved between two
+        // saved ENIs, so all removals go before any insertion).
+        for id in journal.enis.keys() {
+            if let Some(eni) = self.enis.remove(id) {
+                self.unindex(&eni);
+            }
+        }
+        for (id, saved) in journal.enis {
+            let Some(eni) = saved else { continue };
+            self.index(&id, &eni);
+            self.enis.insert(id, eni);
+        }
+        for (eip, saved) in journal.associations {
+            match saved {
+                Some(a) => self.associations.insert(eip, a),
+                None => self.associations.remove(&eip),
+            };
+        }
+        self.free_slots = journal.free_slots;
+        self.next_slot = journal.next_slot;
+    }
+}
