@@ -329,8 +329,11 @@ fn receiver(socket: UdpSocket, stop: &AtomicBool) -> BTreeSet<u64> {
 fn sender(socket: UdpSocket, to: SocketAddr, total: u64, sent: &AtomicU64) {
     let start = Instant::now();
     for seq in 0..total {
-        socket.send_to(&seq.to_be_bytes(), to).unwrap();
+        // Stored before the send: a datagram whose number is above what a
+        // reader saw was sent after that read (after an acknowledgement,
+        // say), never during it.
         sent.store(seq, Ordering::SeqCst);
+        socket.send_to(&seq.to_be_bytes(), to).unwrap();
         // Pace by the clock: seq n leaves at n × 100 µs.
         let due = Duration::from_micros(100 * seq);
         if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -658,6 +661,15 @@ fn teardown_removes_what_the_agent_left_running() {
 
     let out = home.teardown(&t.gw_public.ns);
     assert!(out.status.success(), "{out:?}");
+    // Unpinning drops the last reference to each link, and the kernel
+    // releases a link from a work queue (bpf_link_put defers to
+    // bpf_link_put_deferred), so the detach follows shortly after.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (attached(&t.gw_public.ifname) || attached(&t.gw_private.ifname))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(!attached(&t.gw_public.ifname) && !attached(&t.gw_private.ifname));
     assert!(ns_output(&t.gw_public.ns, &["ip", "route", "show", "proto", "234"]).is_empty());
     assert!(!home.bpffs.exists());
