@@ -411,12 +411,22 @@ impl Gateway {
     /// accepted ones recorded in one store transaction (group commit) and
     /// then applied to the datapath; one outcome per write, in order.
     pub fn write(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
+        let t0 = std::time::Instant::now();
         let mut host = Host {
             routes: &mut self.routes,
             routed: &self.routed,
         };
         let mut group = self.desired.admit(writes, &mut host);
-        if let Err(e) = self.desired.record(&mut group) {
+        let admitted = t0.elapsed();
+        let recorded = self.desired.record(&mut group);
+        log::debug!(
+            "group of {} writes ({} accepted): admitted in {:?}, recorded in {:?}",
+            writes.len(),
+            group.accepted(),
+            admitted,
+            t0.elapsed() - admitted
+        );
+        if let Err(e) = recorded {
             // Memory is back to what the store holds; nothing else changed.
             let e = Arc::new(e);
             return group
@@ -440,6 +450,7 @@ impl Gateway {
                 .and_then(|()| Ok(self.mark_applied(generation)?))
                 .err()
                 .map(Arc::new);
+            log::debug!("generation {generation} applied after {:?}", t0.elapsed());
         }
         group
             .outcomes
