@@ -32,7 +32,9 @@ use crate::{
     server,
     status::{Phase, Status},
     store::Store,
-    sysctl, writer,
+    sysctl,
+    tracer::Tracer,
+    writer,
 };
 
 /// The datapath's own ICMP errors, per CPU: the kernel's defaults for its
@@ -270,9 +272,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         status: Arc::clone(&status),
     };
     let (writer, requests) = writer::channel();
+    let tracer = match datapath.take_trace_events() {
+        Some(ring) => Some(Tracer::start(ring, writer.clone())?),
+        None => None,
+    };
     let shared = server::Shared {
         writer: writer.clone(),
         reads,
+        tracer,
     };
     let monitor = monitor.follow(writer.clone());
 

@@ -172,6 +172,64 @@ impl Client {
         self.blocking(self.call(Method::GET, "/v1/stats", None::<&()>))
     }
 
+    /// GETs `path`, a stream of lines (`GET /v1/trace`), on a connection of
+    /// its own, and hands each line to `on_line` until it returns false,
+    /// the stream ends or `until` passes; then disconnects, which ends the
+    /// stream on the agent's side.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        until: Option<std::time::Instant>,
+        mut on_line: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        self.blocking(async {
+            let mut sender = self.connect().await?;
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header(header::HOST, "eip-nat")
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let mut body = response.into_body();
+            if !status.is_success() {
+                let bytes = body.collect().await?.to_bytes();
+                let e: ErrorBody = serde_json::from_slice(&bytes)?;
+                return Err(ClientError::Api {
+                    status: status.as_u16(),
+                    error: e.error,
+                });
+            }
+            let mut pending = Vec::new();
+            loop {
+                let frame = match until {
+                    Some(t) => {
+                        let left = t.saturating_duration_since(std::time::Instant::now());
+                        match tokio::time::timeout(left, body.frame()).await {
+                            Ok(f) => f,
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                    None => body.frame().await,
+                };
+                let Some(frame) = frame else {
+                    return Ok(());
+                };
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if !on_line(&line[..end]) {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    }
+
     /// The verdict counters, and the counters of `eip` only.
     pub fn stats_of(&self, eip: std::net::Ipv4Addr) -> Result<Stats, ClientError> {
         let path = format!("/v1/stats?eip={eip}");

@@ -15,7 +15,10 @@ use std::{
     sync::Arc,
 };
 
-use eip_nat_common::AddrEntry;
+use eip_nat_common::{
+    maps::{TraceConfig, FLAG_TRACE},
+    AddrEntry,
+};
 use ipnet::Ipv4Net;
 use thiserror::Error;
 
@@ -537,6 +540,20 @@ impl Gateway {
             }
         }
         Ok(entry)
+    }
+
+    /// Starts tracing what `config` selects, or (None) stops: the
+    /// selection first, then the flag the datapath tests.
+    pub fn set_trace(&mut self, config: Option<TraceConfig>) -> Result<(), DatapathError> {
+        if let Some(c) = config {
+            self.datapath.set_trace_config(c)?;
+        }
+        let mut cfg = self.datapath.config()?;
+        cfg.flags = match config {
+            Some(_) => cfg.flags | FLAG_TRACE,
+            None => cfg.flags & !FLAG_TRACE,
+        };
+        self.datapath.set_config(cfg)
     }
 
     /// Sets what the public side may reach besides the EIPs: `routed`, the

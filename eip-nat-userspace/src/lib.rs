@@ -22,4 +22,5 @@ pub mod status;
 pub mod store;
 pub mod sysctl;
 pub mod trace;
+pub mod tracer;
 pub mod writer;

@@ -143,6 +143,97 @@ enum Command {
     Stats,
     /// Show the desired generation and the one the datapath reflects.
     Generation,
+    /// Show packets as the datapath decides on them: every drop by
+    /// default, translations when sampled. One tracer at a time; tracing
+    /// stops when this command does.
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TraceArgs {
+    /// Only packets to or from this address (an EIP, a private IP, a
+    /// peer), before or after translation.
+    #[arg(long)]
+    addr: Option<std::net::Ipv4Addr>,
+    /// Only this verdict (repeatable), e.g. drop_public_unlisted or
+    /// translated_redirect; default: every drop.
+    #[arg(long = "verdict")]
+    verdicts: Vec<String>,
+    /// Only packets arriving on this side: inbound (public) or outbound
+    /// (private).
+    #[arg(long)]
+    direction: Option<String>,
+    /// Also trace one translated packet in N (on average).
+    #[arg(long)]
+    sample: Option<u32>,
+    /// Stop after this many packets.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Write a pcapng capture (tcpdump, Wireshark) instead of lines;
+    /// each packet's comment names its side and verdict.
+    #[arg(long)]
+    pcap: Option<PathBuf>,
+}
+
+fn trace(client: &Client, args: &TraceArgs, json: bool) -> Result<()> {
+    let request = eip_nat::trace::TraceRequest {
+        verdicts: (!args.verdicts.is_empty()).then(|| args.verdicts.join(",")),
+        direction: args.direction.clone(),
+        addr: args.addr,
+        sample: args.sample,
+    };
+    // Checked here too, for a message before anything is sent.
+    request.config().map_err(anyhow::Error::msg)?;
+    let query = serde_urlencoded::to_string(&request)?;
+    let until = args
+        .seconds
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let mut pcap = match &args.pcap {
+        Some(path) => Some(eip_nat::trace::Pcapng::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ))?),
+        None => None,
+    };
+    let mut seen = 0u64;
+    let mut failed = None;
+    client.stream_lines(&format!("/v1/trace?{query}"), until, |line| {
+        let record: eip_nat::trace::TraceRecord = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => {
+                failed = Some(anyhow::Error::from(e));
+                return false;
+            }
+        };
+        let written = match &mut pcap {
+            Some(p) => p.write(&record).map_err(anyhow::Error::from),
+            None if json => {
+                println!("{}", String::from_utf8_lossy(line));
+                Ok(())
+            }
+            None => {
+                println!("{}", record.line());
+                Ok(())
+            }
+        };
+        if let Err(e) = written {
+            failed = Some(e);
+            return false;
+        }
+        seen += 1;
+        args.count.is_none_or(|c| seen < c)
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(p) = pcap {
+        use std::io::Write;
+        p.into_inner().flush()?;
+    }
+    eprintln!("{seen} packets traced");
+    Ok(())
 }
 
 fn print_json(v: &impl Serialize) -> Result<()> {
@@ -326,6 +417,7 @@ fn main() -> Result<ExitCode> {
             }
         }
         Command::Generation => print_generation(&client.generation()?, json)?,
+        Command::Trace(args) => trace(&client, &args, json)?,
     }
     Ok(ExitCode::SUCCESS)
 }

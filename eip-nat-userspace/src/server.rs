@@ -21,6 +21,8 @@ use crate::{
     gateway::{chain, GatewayError},
     model::Event,
     reads::Reads,
+    trace::TraceRequest,
+    tracer::{TraceError, Tracer},
     writer::Writer,
 };
 
@@ -29,6 +31,8 @@ use crate::{
 pub struct Shared {
     pub writer: Writer,
     pub reads: Reads,
+    /// None where the datapath's ring buffer is not available.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Largest request body the API takes.
@@ -161,6 +165,51 @@ async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response 
     read_json(move || api.reads.stats(query.eip)).await
 }
 
+/// `GET /v1/trace`: the traced packets, one JSON object a line, for as
+/// long as the client reads; the trace ends when it disconnects.
+async fn trace(State(api): State<Shared>, query: Query<TraceRequest>) -> Response {
+    let config = match query.config() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorKind::Malformed, e),
+    };
+    let Some(tracer) = &api.tracer else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
+            "tracing is not available on this agent".into(),
+        );
+    };
+    let session = match tracer.begin(config).await {
+        Ok(s) => s,
+        Err(e @ TraceError::Busy) => {
+            return error(StatusCode::CONFLICT, ErrorKind::Refused, e.to_string())
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+                e.to_string(),
+            )
+        }
+    };
+    // The session lives in the stream: the body is dropped when the
+    // client goes, and the trace with it.
+    let lines = futures_util::stream::unfold(session, |mut session| async move {
+        let record = session.records.recv().await?;
+        let mut line = serde_json::to_vec(&record).expect("records serialize");
+        line.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+            session,
+        ))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
@@ -180,6 +229,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/generation", get(generation))
         .route("/v1/stats", get(stats))
+        .route("/v1/trace", get(trace))
         .route("/v1/events", post(event))
         .route("/v1/batch", post(batch))
         // A resync of a large gateway is one big batch: 64 MiB holds about

@@ -152,6 +152,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile)",
             vec![root_test("writer")],
         ),
+        (
+            "trace netns tests (drops into a pcapng read back, sampled translations, one tracer, the flag cleared)",
+            vec![root_test("trace")],
+        ),
     ]
 }
 
