@@ -4,9 +4,12 @@
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use eip_nat::datapath::{Datapath, LoadOptions};
+use eip_nat::{
+    datapath::{Datapath, LoadOptions},
+    trace::TraceRequest,
+};
 use eip_nat_common::{
-    maps::{ADDR_IS_EIP, ADDR_IS_PRIVATE},
+    maps::{TraceConfig, ADDR_IS_EIP, ADDR_IS_PRIVATE, FLAG_TRACE},
     AddrEntry, Config,
 };
 use eip_nat_rig_common::MinNatConfig;
@@ -105,6 +108,9 @@ fn loaded_min_nat(n: u32, egress_ifindex: u32) -> MinNat {
     nat
 }
 
+/// (name, public ifindex, private ifindex, frame, tracing).
+type Case<'a> = (&'static str, u32, u32, &'a [u8], Option<TraceConfig>);
+
 const MIN_NAT: &str = "minimal hand-written NAT: lookup, both checksums, TTL, MACs, redirect";
 
 pub fn per_packet() -> Vec<Row> {
@@ -128,24 +134,61 @@ pub fn per_packet() -> Vec<Row> {
     .frame();
     let mut arp = unmapped.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    // (name, public ifindex, private ifindex, frame); None = the no-op.
-    let cases: [(&'static str, u32, u32, &[u8]); 6] = [
-        ("translate inbound (EIP → private)", lo, 0, &inbound),
-        ("translate outbound (private → EIP)", 0, lo, &outbound),
-        ("pass (no mapping, private side)", 0, lo, &unmapped_out),
+    // Tracing on, for other packets (every drop) or for this one too
+    // (every translated packet sampled): the first costs the flag's test
+    // and the selection's, the second an event in the ring buffer.
+    let drops_only = TraceRequest::default().config().unwrap();
+    let every_packet = TraceRequest {
+        sample: Some(1),
+        ..Default::default()
+    }
+    .config()
+    .unwrap();
+    let cases: [Case; 8] = [
+        ("translate inbound (EIP → private)", lo, 0, &inbound, None),
+        ("translate outbound (private → EIP)", 0, lo, &outbound, None),
+        (
+            "translate inbound, tracing drops (on, not selected)",
+            lo,
+            0,
+            &inbound,
+            Some(drops_only),
+        ),
+        (
+            "translate inbound, tracing it (1 in 1; the unread ring fills after 4,096)",
+            lo,
+            0,
+            &inbound,
+            Some(every_packet),
+        ),
+        (
+            "pass (no mapping, private side)",
+            0,
+            lo,
+            &unmapped_out,
+            None,
+        ),
         (
             "drop (public side, no EIP: drop_public_unlisted)",
             lo,
             0,
             &unmapped,
+            None,
         ),
         // Bisecting the pass path: each row below stops one step earlier.
-        ("pass (not IPv4: role, Ethernet, counter)", lo, 0, &arp),
+        (
+            "pass (not IPv4: role, Ethernet, counter)",
+            lo,
+            0,
+            &arp,
+            None,
+        ),
         (
             "pass (unknown interface: role lookup, counter)",
             0,
             0,
             &unmapped,
+            None,
         ),
     ];
     let mut rows = Vec::new();
@@ -159,23 +202,27 @@ pub fn per_packet() -> Vec<Row> {
         let mut pass = PassProgram::load_only().expect("xdp_pass");
         // Rounds over all cases, so a slow spell of this virtual CPU hits
         // every case alike; each case keeps its fastest round.
-        let mut best = [f64::MAX; 8];
+        let (noop_at, min_nat_at) = (cases.len(), cases.len() + 1);
+        let mut best = [f64::MAX; 10];
         for _ in 0..ROUNDS {
-            for (i, (_, public, private, frame)) in cases.iter().enumerate() {
+            for (i, (_, public, private, frame, trace)) in cases.iter().enumerate() {
+                if let Some(t) = trace {
+                    dp.set_trace_config(*t).unwrap();
+                }
                 dp.set_config(Config {
                     generation: 0,
                     public_ifindex: *public,
                     private_ifindex: *private,
-                    flags: 0,
+                    flags: if trace.is_some() { FLAG_TRACE } else { 0 },
                     reserved: 0,
                 })
                 .unwrap();
                 best[i] = best[i].min(ns_per_packet(dp.program_mut(), frame));
             }
-            best[6] = best[6].min(ns_per_packet(pass.program(), &inbound));
-            best[7] = best[7].min(ns_per_packet(min_nat.program(), &inbound));
+            best[noop_at] = best[noop_at].min(ns_per_packet(pass.program(), &inbound));
+            best[min_nat_at] = best[min_nat_at].min(ns_per_packet(min_nat.program(), &inbound));
         }
-        let noop = best[6];
+        let noop = best[noop_at];
         for (i, (name, ..)) in cases.iter().enumerate() {
             rows.push(Row {
                 case: name,
@@ -187,8 +234,8 @@ pub fn per_packet() -> Vec<Row> {
         rows.push(Row {
             case: MIN_NAT,
             mappings: n,
-            ns_per_packet: best[7],
-            ratio_to_noop: best[7] / noop,
+            ns_per_packet: best[min_nat_at],
+            ratio_to_noop: best[min_nat_at] / noop,
         });
         rows.push(Row {
             case: "no-op XDP program",
