@@ -236,10 +236,14 @@ impl Client {
         self.blocking(self.call(Method::GET, &path, None::<&()>))
     }
 
-    /// POSTs an empty body to `path`; returns the status.
-    pub fn post_empty(&self, path: &str) -> u16 {
-        self.blocking(self.raw(Method::POST, path, None))
-            .map_or(0, |(status, _)| status.as_u16())
+    /// Any request, blocking: the status and the body as they came.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.blocking(self.raw(method, path, body))
     }
 
     /// Any GET, as JSON (the OpenAPI document, say).

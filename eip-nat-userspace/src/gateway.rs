@@ -268,12 +268,6 @@ impl Gateway {
         })
     }
 
-    /// A gateway whose state lives in memory and that leaves the routing
-    /// table alone: for BPF_PROG_TEST_RUN harnesses and tools.
-    pub fn in_memory(datapath: Datapath, limits: Limits) -> Result<Self, GatewayError> {
-        Ok(Self::open(Store::in_memory()?, datapath, None, limits)?.0)
-    }
-
     /// Brings the maps and routes in line with the whole desired state.
     pub fn reconcile(&mut self) -> Result<Reconciled, ApplyError> {
         let r = self.reconcile_all();

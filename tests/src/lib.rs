@@ -71,3 +71,13 @@ pub fn associate_nat(
     })?;
     Ok(gw.state().association(eip).expect("just associated").slot)
 }
+
+/// A gateway whose desired state lives in memory and that leaves the
+/// routing table alone: what the BPF_PROG_TEST_RUN harnesses drive.
+pub fn in_memory_gateway(
+    datapath: eip_nat::datapath::Datapath,
+    limits: eip_nat::model::Limits,
+) -> Result<eip_nat::gateway::Gateway, eip_nat::gateway::GatewayError> {
+    let store = eip_nat::store::Store::in_memory()?;
+    Ok(eip_nat::gateway::Gateway::open(store, datapath, None, limits)?.0)
+}

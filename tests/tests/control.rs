@@ -729,12 +729,17 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 6);
     for (path, ops) in paths {
-        if ops.get("get").is_some() {
+        let streams = ops["get"]["responses"]["200"]["content"]
+            .get("application/x-ndjson")
+            .is_some();
+        if ops.get("get").is_some() && !streams {
             api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
         }
         if ops.get("post").is_some() {
-            let e = api.post_empty(path);
-            assert_eq!(e, 400, "POST {path} with no body");
+            let (status, _) = api
+                .request(hyper::Method::POST, path, None)
+                .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            assert_eq!(status, 400, "POST {path} with no body");
         }
     }
 

@@ -53,7 +53,7 @@ impl Harness {
             ..Default::default()
         })
         .expect("load datapath");
-        let mut gw = Gateway::in_memory(
+        let mut gw = integration_tests::in_memory_gateway(
             dp,
             Limits {
                 max_associations: 64,

@@ -12,7 +12,6 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun, TestRunOptions};
 use eip_nat::{
     datapath::{Datapath, LoadOptions},
-    gateway::Gateway,
     model::{EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{Config, Direction, EipCounters, Verdict};
@@ -208,7 +207,7 @@ fn datapath_and_model_agree_on_random_and_mutated_packets() {
         ..Default::default()
     })
     .expect("load");
-    let mut gw = Gateway::in_memory(
+    let mut gw = integration_tests::in_memory_gateway(
         dp,
         Limits {
             max_associations: 16,
