@@ -230,6 +230,20 @@ impl Client {
         })
     }
 
+    /// Usage records of periods that ended at or after `since` (Unix
+    /// seconds), of `eip` only if given.
+    pub fn usage(
+        &self,
+        since: u64,
+        eip: Option<std::net::Ipv4Addr>,
+    ) -> Result<Vec<crate::usage::UsageRecord>, ClientError> {
+        let mut path = format!("/v1/usage?since={since}");
+        if let Some(eip) = eip {
+            path.push_str(&format!("&eip={eip}"));
+        }
+        self.blocking(self.call(Method::GET, &path, None::<&()>))
+    }
+
     /// The verdict counters, and the counters of `eip` only.
     pub fn stats_of(&self, eip: std::net::Ipv4Addr) -> Result<Stats, ClientError> {
         let path = format!("/v1/stats?eip={eip}");

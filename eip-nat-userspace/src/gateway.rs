@@ -32,6 +32,7 @@ use crate::{
     routes::{host_route, ForeignRoute, RouteError, Routes},
     status::{Phase, Status},
     store::{Store, StoreError},
+    usage::{self, Counts, Period, Turnover, UsageRecord},
 };
 
 #[derive(Debug, Error)]
@@ -100,6 +101,8 @@ pub enum ApplyError {
     Route(#[from] RouteError),
     #[error("reading the kernel's routes, neighbours and links")]
     Kernel(#[source] std::io::Error),
+    #[error("reading the usage periods")]
+    Store(#[from] StoreError),
 }
 
 /// What a reconcile changed.
@@ -132,6 +135,8 @@ pub struct Gateway {
     public_accept: Option<BTreeMap<Ipv4Net, u32>>,
     /// What readers see of the writer's progress.
     status: Arc<Status>,
+    /// The open usage periods, as the store holds them (`usage.rs`).
+    periods: BTreeMap<Ipv4Addr, Period>,
 }
 
 /// An error and its sources on one line.
@@ -215,9 +220,12 @@ impl Opening {
             routed_prefixes: Vec::new(),
             public_accept: None,
             status,
+            periods: BTreeMap::new(),
         };
         let report = gw
             .reconcile_all()
+            .map_err(|source| datapath_error(generation, source))?;
+        gw.open_periods()
             .map_err(|source| datapath_error(generation, source))?;
         Ok((gw, report))
     }
@@ -437,11 +445,14 @@ impl Gateway {
         if group.accepted() > 0 {
             self.status.set_generation(generation);
             let before = generation - group.accepted() as u64;
+            let turnover = usage::turnover(&self.periods, &self.desired.state, &group.touched);
             let applied = if self.applied == before {
-                self.apply_touched(&group.touched)
+                self.apply_touched(&group.touched, &turnover)
+                    .map(|readings| self.turn_periods(turnover, &readings))
             } else {
-                // An earlier change did not reach the datapath: redo all.
-                self.reconcile().map(|_| ())
+                // An earlier change did not reach the datapath: redo all
+                // (usage periods follow, as at start).
+                self.reconcile().and_then(|_| self.open_periods())
             };
             failed = applied
                 .and_then(|()| Ok(self.mark_applied(generation)?))
@@ -469,11 +480,21 @@ impl Gateway {
             .collect()
     }
 
-    fn apply_touched(&mut self, touched: &Touched) -> Result<(), ApplyError> {
-        // A new association starts from zero.
-        for eip in &touched.eips {
-            if let Some(a) = self.desired.state.association(*eip) {
-                self.datapath.reset_eip_counters(a.slot)?;
+    /// Applies what `touched` names to the routes and maps; returns the
+    /// readings of the slots on which a usage period ends, taken once the
+    /// datapath no longer counts those periods.
+    fn apply_touched(
+        &mut self,
+        touched: &Touched,
+        turnover: &Turnover,
+    ) -> Result<BTreeMap<u32, Counts>, ApplyError> {
+        // A new association starts from zero, on a slot no period left
+        // this time; one that follows another on its slot starts from the
+        // reading that ends the other (`usage.rs`).
+        let ending = turnover.ending_slots();
+        for c in &turnover.started {
+            if !ending.contains(&c.slot) {
+                self.datapath.reset_eip_counters(c.slot)?;
             }
         }
         // Routes first, each taken into the next hops as soon as the
@@ -518,7 +539,11 @@ impl Gateway {
         if let Some(nh) = &mut self.nexthops {
             nh.settle(&mut self.datapath)?;
         }
-        Ok(())
+        let mut readings = BTreeMap::new();
+        for slot in ending {
+            readings.insert(slot, Counts::from(self.datapath.eip_counters(slot)?));
+        }
+        Ok(readings)
     }
 
     /// The `ADDRESSES` entry of `addr`, with the next hop of the address an
@@ -534,6 +559,79 @@ impl Gateway {
             }
         }
         Ok(entry)
+    }
+
+    /// Ends and starts usage periods (`turnover`, with the readings that
+    /// split them), recording what ended: durably, in its own transaction
+    /// after the change itself.
+    fn turn_periods(&mut self, turnover: Turnover, readings: &BTreeMap<u32, Counts>) {
+        if turnover.ended.is_empty() && turnover.started.is_empty() {
+            return;
+        }
+        let now = usage::now_ns();
+        let records: Vec<UsageRecord> = turnover
+            .ended
+            .into_iter()
+            .map(|p| {
+                let end = readings.get(&p.carried.slot).copied().unwrap_or_default();
+                UsageRecord {
+                    counts: end.since(p.base),
+                    carried: p.carried,
+                    started_ns: p.started_ns,
+                    ended_ns: now,
+                }
+            })
+            .collect();
+        let opened: Vec<Period> = turnover
+            .started
+            .into_iter()
+            .map(|carried| Period {
+                base: readings.get(&carried.slot).copied().unwrap_or_default(),
+                carried,
+                started_ns: now,
+            })
+            .collect();
+        let closed: Vec<Ipv4Addr> = records
+            .iter()
+            .map(|r| r.carried.eip)
+            .filter(|eip| !opened.iter().any(|p| p.carried.eip == *eip))
+            .collect();
+        if let Err(e) = self.desired.store.record_usage(&records, &opened, &closed) {
+            log::error!("recording usage: {}", chain(&e));
+        }
+        for eip in &closed {
+            self.periods.remove(eip);
+        }
+        for p in opened {
+            self.periods.insert(p.carried.eip, p);
+        }
+    }
+
+    /// Loads the open periods and brings them in line with the state: an
+    /// association with none (made before this agent kept usage, or while
+    /// the last one died between the change and its usage) starts one
+    /// from its slot as it is; a period of an association since undone
+    /// ends now.
+    fn open_periods(&mut self) -> Result<(), ApplyError> {
+        self.periods = self
+            .desired
+            .store
+            .periods()?
+            .into_iter()
+            .map(|p| (p.carried.eip, p))
+            .collect();
+        let mut touched = Touched::default();
+        touched.eips.extend(self.periods.keys().copied());
+        touched
+            .eips
+            .extend(self.desired.state.associations().map(|a| a.eip));
+        let turnover = usage::turnover(&self.periods, &self.desired.state, &touched);
+        let mut readings = BTreeMap::new();
+        for slot in turnover.ending_slots() {
+            readings.insert(slot, Counts::from(self.datapath.eip_counters(slot)?));
+        }
+        self.turn_periods(turnover, &readings);
+        Ok(())
     }
 
     /// Starts tracing what `config` selects, or (None) stops: the

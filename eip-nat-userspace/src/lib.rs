@@ -23,4 +23,5 @@ pub mod store;
 pub mod sysctl;
 pub mod trace;
 pub mod tracer;
+pub mod usage;
 pub mod writer;

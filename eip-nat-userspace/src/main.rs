@@ -147,6 +147,62 @@ enum Command {
     /// default, translations when sampled. One tracer at a time; tracing
     /// stops when this command does.
     Trace(TraceArgs),
+    /// Show what associations carried, per usage period that ended
+    /// (disassociated, or the ENI detached, moved or relocated).
+    Usage {
+        /// Periods that ended since: a Unix time in seconds, or a time ago
+        /// (`90s`, `15m`, `24h`, `7d`); default: all.
+        #[arg(long)]
+        since: Option<String>,
+        /// This EIP's only.
+        #[arg(long)]
+        eip: Option<std::net::Ipv4Addr>,
+    },
+}
+
+/// `--since`: a Unix time in seconds, or a time ago.
+fn since_unix(since: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (n, unit) = since.split_at(since.trim_end_matches(['s', 'm', 'h', 'd']).len());
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("--since {since:?}: a Unix time, or a number and s, m, h or d"))?;
+    let secs = match unit {
+        "" => return Ok(n),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => anyhow::bail!("--since {since:?}: one unit of s, m, h or d"),
+    };
+    Ok(now.saturating_sub(secs))
+}
+
+fn print_usage(records: &[eip_nat::usage::UsageRecord]) {
+    println!(
+        "{:<16} {:<14} {:<11} {:<20} {:<20} {:>10} {:>12} {:>10} {:>12}",
+        "EIP", "ENI", "MODE", "STARTED", "ENDED", "IN PKTS", "IN BYTES", "OUT PKTS", "OUT BYTES"
+    );
+    let time = |ns: u64| {
+        let secs = ns / 1_000_000_000;
+        format!("{secs}.{:03}", (ns / 1_000_000) % 1000)
+    };
+    for r in records {
+        println!(
+            "{:<16} {:<14} {:<11} {:<20} {:<20} {:>10} {:>12} {:>10} {:>12}",
+            r.carried.eip.to_string(),
+            r.carried.eni,
+            r.carried.mode.name(),
+            time(r.started_ns),
+            time(r.ended_ns),
+            r.counts.in_packets,
+            r.counts.in_bytes,
+            r.counts.out_packets,
+            r.counts.out_bytes
+        );
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -418,6 +474,15 @@ fn main() -> Result<ExitCode> {
         }
         Command::Generation => print_generation(&client.generation()?, json)?,
         Command::Trace(args) => trace(&client, &args, json)?,
+        Command::Usage { since, eip } => {
+            let since = since.as_deref().map(since_unix).transpose()?.unwrap_or(0);
+            let records = client.usage(since, eip)?;
+            if json {
+                print_json(&records)?;
+            } else {
+                print_usage(&records);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use crate::{
     datapath::{Counters, DatapathError},
     status::Status,
     store::{Reader, StoreError},
+    usage::{Counts, Period, UsageRecord},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,15 @@ impl Reads {
         })
     }
 
+    /// Records of usage periods that ended at or after `since_ns`.
+    pub fn usage(
+        &self,
+        since_ns: u64,
+        eip: Option<Ipv4Addr>,
+    ) -> Result<Vec<UsageRecord>, ReadError> {
+        Ok(self.store.usage(since_ns, eip)?)
+    }
+
     /// Every counter; per-EIP counters for `eip` only, if given (one row
     /// read instead of every association's).
     pub fn stats(&self, eip: Option<Ipv4Addr>) -> Result<Stats, ReadError> {
@@ -64,13 +74,26 @@ impl Reads {
                 bytes: c.bytes,
             })
             .collect();
-        let associations = match eip {
-            Some(eip) => self.store.association(eip)?.into_iter().collect(),
-            None => self.store.associations()?.1,
+        let (associations, periods) = match eip {
+            Some(eip) => (
+                self.store.association(eip)?.into_iter().collect(),
+                self.store
+                    .period(eip)?
+                    .map(|p| (eip, p))
+                    .into_iter()
+                    .collect(),
+            ),
+            None => (self.store.associations()?.1, self.store.periods()?),
         };
         let mut eips = Vec::with_capacity(associations.len());
         for a in associations {
-            let c = self.counters.eip(a.slot)?;
+            // The association's own counters: its slot's, less what the
+            // slot held when its usage period started (`usage.rs`).
+            let base = periods
+                .get(&a.eip)
+                .filter(|p: &&Period| p.carried.slot == a.slot)
+                .map_or(Counts::default(), |p| p.base);
+            let c = Counts::from(self.counters.eip(a.slot)?).since(base);
             eips.push(EipStat {
                 eip: a.eip,
                 eni: a.eni,

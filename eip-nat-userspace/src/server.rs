@@ -165,6 +165,20 @@ async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response 
     read_json(move || api.reads.stats(query.eip)).await
 }
 
+#[derive(serde::Deserialize)]
+struct UsageQuery {
+    /// Unix time, seconds: records of periods that ended since.
+    #[serde(default)]
+    since: u64,
+    eip: Option<std::net::Ipv4Addr>,
+}
+
+async fn usage(State(api): State<Shared>, query: Query<UsageQuery>) -> Response {
+    let since_ns = query.since.saturating_mul(1_000_000_000);
+    let eip = query.eip;
+    read_json(move || api.reads.usage(since_ns, eip)).await
+}
+
 /// `GET /v1/trace`: the traced packets, one JSON object a line, for as
 /// long as the client reads; the trace ends when it disconnects.
 async fn trace(State(api): State<Shared>, query: Query<TraceRequest>) -> Response {
@@ -230,6 +244,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/generation", get(generation))
         .route("/v1/stats", get(stats))
         .route("/v1/trace", get(trace))
+        .route("/v1/usage", get(usage))
         .route("/v1/events", post(event))
         .route("/v1/batch", post(batch))
         // A resync of a large gateway is one big batch: 64 MiB holds about

@@ -14,12 +14,19 @@ use std::{net::Ipv4Addr, path::Path, sync::Arc};
 use redb::{backends::InMemoryBackend, Database, ReadableTable, TableDefinition, TableHandle};
 use thiserror::Error;
 
-use crate::model::{Association, Eni, Limits, State, Touched};
+use crate::{
+    model::{Association, Eni, Limits, State, Touched},
+    usage::{Period, UsageRecord},
+};
 
 /// ENI id → JSON of [`Eni`].
 const ENIS: TableDefinition<&str, &[u8]> = TableDefinition::new("enis");
 /// EIP (u32, host order) → JSON of [`Association`].
 const ASSOCIATIONS: TableDefinition<u32, &[u8]> = TableDefinition::new("associations");
+/// EIP → JSON of the open usage [`Period`].
+const PERIODS: TableDefinition<u32, &[u8]> = TableDefinition::new("periods");
+/// (ended_ns << 32 | EIP) → JSON of a [`UsageRecord`]: in time order.
+const USAGE: TableDefinition<u128, &[u8]> = TableDefinition::new("usage");
 /// Counters of the store itself.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
@@ -134,6 +141,8 @@ impl Store {
             }
             db!(tx.open_table(ENIS))?;
             db!(tx.open_table(ASSOCIATIONS))?;
+            db!(tx.open_table(PERIODS))?;
+            db!(tx.open_table(USAGE))?;
         }
         db!(tx.commit())?;
         Ok(Self {
@@ -146,6 +155,40 @@ impl Store {
     pub fn generation(&self) -> Result<u64, StoreError> {
         let tx = db!(self.db.begin_read())?;
         read_generation(&tx)
+    }
+
+    /// The open usage periods.
+    pub fn periods(&self) -> Result<Vec<Period>, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        read_periods(&tx)
+    }
+
+    /// Records periods that ended, and opens (or replaces) and closes
+    /// periods, in one transaction.
+    pub fn record_usage(
+        &self,
+        ended: &[UsageRecord],
+        opened: &[Period],
+        closed: &[Ipv4Addr],
+    ) -> Result<(), StoreError> {
+        let tx = db!(self.db.begin_write())?;
+        {
+            let mut usage = db!(tx.open_table(USAGE))?;
+            for r in ended {
+                let json = serde_json::to_vec(r).expect("records serialize");
+                db!(usage.insert(usage_key(r), json.as_slice()))?;
+            }
+            let mut periods = db!(tx.open_table(PERIODS))?;
+            for eip in closed {
+                db!(periods.remove(u32::from(*eip)))?;
+            }
+            for p in opened {
+                let json = serde_json::to_vec(p).expect("periods serialize");
+                db!(periods.insert(u32::from(p.carried.eip), json.as_slice()))?;
+            }
+        }
+        db!(tx.commit())?;
+        Ok(())
     }
 
     /// A handle for readers on other threads: each read sees the last
@@ -206,6 +249,25 @@ impl Store {
     }
 }
 
+fn usage_key(r: &UsageRecord) -> u128 {
+    (u128::from(r.ended_ns) << 32) | u128::from(u32::from(r.carried.eip))
+}
+
+fn read_periods(tx: &redb::ReadTransaction) -> Result<Vec<Period>, StoreError> {
+    let table = db!(tx.open_table(PERIODS))?;
+    let mut out = Vec::new();
+    for item in db!(table.iter())? {
+        let (k, v) = db!(item)?;
+        out.push(
+            serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                what: format!("usage period of {}", Ipv4Addr::from(k.value())),
+                source,
+            })?,
+        );
+    }
+    Ok(out)
+}
+
 /// Every stored row, as of one committed generation.
 pub struct Rows {
     pub generation: u64,
@@ -262,6 +324,54 @@ impl Reader {
     pub fn rows(&self) -> Result<Rows, StoreError> {
         let tx = db!(self.db.begin_read())?;
         read_rows(&tx)
+    }
+
+    /// The open periods, by EIP.
+    pub fn periods(&self) -> Result<std::collections::BTreeMap<Ipv4Addr, Period>, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        Ok(read_periods(&tx)?
+            .into_iter()
+            .map(|p| (p.carried.eip, p))
+            .collect())
+    }
+
+    /// The open period of `eip`.
+    pub fn period(&self, eip: Ipv4Addr) -> Result<Option<Period>, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        let table = db!(tx.open_table(PERIODS))?;
+        let Some(row) = db!(table.get(u32::from(eip)))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(row.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: format!("usage period of {eip}"),
+                source,
+            })
+    }
+
+    /// Usage records of periods that ended at or after `since_ns`, oldest
+    /// first, of `eip` only if given.
+    pub fn usage(
+        &self,
+        since_ns: u64,
+        eip: Option<Ipv4Addr>,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let tx = db!(self.db.begin_read())?;
+        let table = db!(tx.open_table(USAGE))?;
+        let mut out = Vec::new();
+        for item in db!(table.range(u128::from(since_ns) << 32..))? {
+            let (_, v) = db!(item)?;
+            let r: UsageRecord =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    what: "usage record".into(),
+                    source,
+                })?;
+            if eip.is_none_or(|e| e == r.carried.eip) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// The association of `eip`, if it has one.

@@ -156,6 +156,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "trace netns tests (drops into a pcapng read back, sampled translations, one tracer, the flag cleared)",
             vec![root_test("trace")],
         ),
+        (
+            "usage netns test (records of ended periods under traffic: nothing lost, nothing counted twice)",
+            vec![root_test("usage")],
+        ),
     ]
 }
 
