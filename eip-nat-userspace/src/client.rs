@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 use crate::{
-    api::{ApiError, Batch, ErrorBody, Generation, StateView, Stats},
+    api::{ApiError, Batch, ErrorBody, Generation, LogLevel, StateView, Stats},
     model::Event,
 };
 
@@ -178,9 +178,39 @@ impl Client {
         self.blocking(self.call(Method::GET, &path, None::<&()>))
     }
 
-    /// POSTs an empty body to `path`; returns the status.
-    pub fn post_empty(&self, path: &str) -> u16 {
-        self.blocking(self.raw(Method::POST, path, None))
+    /// The agent's log filter.
+    pub fn log_level(&self) -> Result<LogLevel, ClientError> {
+        self.blocking(self.call(Method::GET, "/v1/log-level", None::<&()>))
+    }
+
+    /// Sets the agent's log filter; answers the filter now in effect.
+    pub fn set_log_level(&self, level: &str) -> Result<LogLevel, ClientError> {
+        let body = LogLevel {
+            level: level.into(),
+        };
+        self.blocking(self.call(Method::PUT, "/v1/log-level", Some(&body)))
+    }
+
+    /// `GET /metrics`: the exposition text.
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.blocking(self.raw(Method::GET, "/metrics", None))?;
+        if !status.is_success() {
+            let e: ErrorBody = serde_json::from_slice(&bytes)?;
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                error: e.error,
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Sends `method` (`post`, `put`, …) with an empty body to `path`;
+    /// returns the status (0 if there was no answer).
+    pub fn send_empty(&self, method: &str, path: &str) -> u16 {
+        let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+            return 0;
+        };
+        self.blocking(self.raw(method, path, None))
             .map_or(0, |(status, _)| status.as_u16())
     }
 

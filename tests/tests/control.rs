@@ -710,19 +710,26 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "only root may use the socket");
 
-    // Every path the description lists is served: GETs answer, POSTs
-    // without a body are malformed (not missing).
+    // Every path the description lists is served: GETs answer (JSON, but
+    // for the metrics' text), POSTs and PUTs without a body are malformed
+    // (not missing).
     let api = agent.client();
     let doc = api.get("/openapi.json").unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert!(paths.len() >= 6);
+    assert!(paths.len() >= 8);
     for (path, ops) in paths {
         if ops.get("get").is_some() {
-            api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            if path == "/metrics" {
+                api.metrics().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            } else {
+                api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            }
         }
-        if ops.get("post").is_some() {
-            let e = api.post_empty(path);
-            assert_eq!(e, 400, "POST {path} with no body");
+        for method in ["post", "put"] {
+            if ops.get(method).is_some() {
+                let e = api.send_empty(method, path);
+                assert_eq!(e, 400, "{method} {path} with no body");
+            }
         }
     }
 
