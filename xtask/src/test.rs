@@ -152,6 +152,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile)",
             vec![root_test("writer")],
         ),
+        (
+            "metrics netns tests (a real Prometheus scrapes the agent under traffic; GET /metrics; the log level changed live)",
+            vec![root_test("metrics")],
+        ),
     ]
 }
 
