@@ -164,7 +164,9 @@ fn family<M: EncodeMetric>(
     kind: MetricType,
     series: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
 ) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
+    // As the registry's own: help ends with a full stop.
+    let help = format!("{help}.");
+    let mut metric = encoder.encode_descriptor(name, &help, unit, kind)?;
     for (labels, value) in series {
         value.encode(metric.encode_family(&labels)?)?;
     }
@@ -172,7 +174,8 @@ fn family<M: EncodeMetric>(
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let help = format!("{help}.");
+    let metric = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
     ConstGauge::new(value).encode(metric)
 }
 
