@@ -27,6 +27,8 @@ use crate::{
     config::AgentConfig,
     datapath::{mode_name, Attached, Datapath, LoadOptions},
     gateway::Gateway,
+    logging::LogControl,
+    metrics::{self, Metrics},
     reads::Reads,
     routes::{self, Routes},
     server,
@@ -199,7 +201,8 @@ fn read_token(token_file: &Path) -> Result<String> {
     Ok(token)
 }
 
-pub async fn run(cfg: AgentConfig) -> Result<()> {
+/// Runs the agent; `log`, when given, lets the API change the log's filter.
+pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
     // Everything that can refuse the start is checked first: an agent that
     // refuses (another agent's socket, a new store over a serving datapath,
     // a missing interface, a bad token) leaves the running gateway, its
@@ -242,6 +245,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
         _ => None,
     };
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some((
+            addr,
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (metrics_listen)"))?,
+        )),
+        None => None,
+    };
     bpffs_dir(&cfg.bpffs_dir)?;
     fs::DirBuilder::new()
         .recursive(true)
@@ -271,6 +283,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         counters: datapath.counters(),
         status: Arc::clone(&status),
     };
+    let metrics = Arc::new(Metrics::new(
+        reads.clone(),
+        metrics::Options {
+            max_associations: cfg.limits.max_associations,
+            top_eips: cfg.metrics_top_eips,
+        },
+    ));
     let (writer, requests) = writer::channel();
     let tracer = match datapath.take_trace_events() {
         Some(ring) => Some(Tracer::start(ring, writer.clone())?),
@@ -280,6 +299,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         writer: writer.clone(),
         reads,
         tracer,
+        metrics: Arc::clone(&metrics),
+        log,
     };
     let monitor = monitor.follow(writer.clone());
 
@@ -298,6 +319,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let router = server::router_with_token(shared.clone(), Arc::new(token));
         tokio::spawn(
             axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        )
+    });
+    let metrics_server = metrics_listener.map(|(addr, listener)| {
+        log::info!("serving metrics on http://{addr}/metrics");
+        tokio::spawn(
+            axum::serve(listener, server::metrics_router(metrics))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         )
@@ -346,8 +375,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     let _ = stop_tx.send(true);
     let _ = unix.await;
-    if let Some(tcp) = tcp {
-        let _ = tcp.await;
+    for server in tcp.into_iter().chain(metrics_server) {
+        let _ = server.await;
     }
     drop(socket_file);
     // With every sender gone, the writer finishes what it holds and stops;

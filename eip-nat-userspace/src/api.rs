@@ -51,6 +51,15 @@ pub struct Batch {
     pub if_generation: Option<u64>,
 }
 
+/// `GET` and `PUT /v1/log-level`: the agent's log filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogLevel {
+    /// A level (`off`, `error`, `warn`, `info`, `debug`, `trace`), or
+    /// directives per module: `info,eip_nat::server=debug`.
+    pub level: String,
+}
+
 /// Every error the API returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
@@ -246,6 +255,7 @@ mod tests {
         g.subschema_for::<ErrorBody>();
         g.subschema_for::<StateView>();
         g.subschema_for::<Stats>();
+        g.subschema_for::<LogLevel>();
         g.take_definitions(true).into()
     }
 

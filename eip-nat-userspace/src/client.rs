@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 use crate::{
-    api::{ApiError, Batch, ErrorBody, Generation, StateView, Stats},
+    api::{ApiError, Batch, ErrorBody, Generation, LogLevel, StateView, Stats},
     model::Event,
 };
 
@@ -248,6 +248,32 @@ impl Client {
     pub fn stats_of(&self, eip: std::net::Ipv4Addr) -> Result<Stats, ClientError> {
         let path = format!("/v1/stats?eip={eip}");
         self.blocking(self.call(Method::GET, &path, None::<&()>))
+    }
+
+    /// The agent's log filter.
+    pub fn log_level(&self) -> Result<LogLevel, ClientError> {
+        self.blocking(self.call(Method::GET, "/v1/log-level", None::<&()>))
+    }
+
+    /// Sets the agent's log filter; answers the filter now in effect.
+    pub fn set_log_level(&self, level: &str) -> Result<LogLevel, ClientError> {
+        let body = LogLevel {
+            level: level.into(),
+        };
+        self.blocking(self.call(Method::PUT, "/v1/log-level", Some(&body)))
+    }
+
+    /// `GET /metrics`: the exposition text.
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.blocking(self.raw(Method::GET, "/metrics", None))?;
+        if !status.is_success() {
+            let e: ErrorBody = serde_json::from_slice(&bytes)?;
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                error: e.error,
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Any request, blocking: the status and the body as they came.

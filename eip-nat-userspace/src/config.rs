@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub tcp_listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
     pub routed_prefixes: Option<Vec<Ipv4Net>>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_top_eips: Option<usize>,
 }
 
 impl FileConfig {
@@ -82,7 +84,9 @@ impl FileConfig {
             detach_on_exit,
             tcp_listen,
             token_file,
-            routed_prefixes
+            routed_prefixes,
+            metrics_listen,
+            metrics_top_eips
         )
     }
 }
@@ -111,7 +115,16 @@ pub struct AgentConfig {
     /// else from the Internet is dropped (docs/behaviour.md, "What the
     /// public side reaches").
     pub routed_prefixes: Vec<Ipv4Net>,
+    /// Also serve `GET /metrics` (only that, read-only, no token) on this
+    /// TCP address, for Prometheus.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Per-EIP series for the N EIPs with the most bytes; 0: every EIP.
+    pub metrics_top_eips: usize,
 }
+
+/// Per-EIP series a scrape shows by default: the 1,000 EIPs with the most
+/// bytes (docs/operating.md, "Metrics").
+pub const DEFAULT_METRICS_TOP_EIPS: usize = 1000;
 
 impl TryFrom<FileConfig> for AgentConfig {
     type Error = ConfigError;
@@ -135,6 +148,8 @@ impl TryFrom<FileConfig> for AgentConfig {
             tcp_listen: f.tcp_listen,
             token_file: f.token_file,
             routed_prefixes: f.routed_prefixes.unwrap_or_default(),
+            metrics_listen: f.metrics_listen,
+            metrics_top_eips: f.metrics_top_eips.unwrap_or(DEFAULT_METRICS_TOP_EIPS),
         };
         for p in &cfg.routed_prefixes {
             if p.prefix_len() == 0 {
@@ -165,11 +180,8 @@ impl TryFrom<FileConfig> for AgentConfig {
                 "tcp_listen needs token_file: the TCP listener only serves requests that carry the token".into(),
             ));
         }
-        if cfg.log_level.parse::<log::LevelFilter>().is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "log_level {:?} is not one of off, error, warn, info, debug, trace",
-                cfg.log_level
-            )));
+        if let Err(e) = crate::logging::check(&cfg.log_level) {
+            return Err(ConfigError::Invalid(format!("log_level: {e}")));
         }
         Ok(cfg)
     }

@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, DevMap, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-        RingBuf,
+        Array, DevMap, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -681,6 +681,83 @@ impl Counters {
             }
         }
         Ok(out)
+    }
+
+    /// Counter slots (the datapath's `max_associations`).
+    pub fn eip_slots(&self) -> u32 {
+        self.eips.len()
+    }
+
+    /// Every slot's counters, summed over CPUs, indexed by slot: read with
+    /// `BPF_MAP_LOOKUP_BATCH`, thousands of slots per system call, where
+    /// [`Counters::eip`] takes one per slot. `None` if the kernel has no
+    /// batch lookup for this map.
+    pub fn all_eips(&self) -> Result<Option<Vec<EipCounters>>, DatapathError> {
+        /// `enum bpf_cmd` (include/uapi/linux/bpf.h).
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        const CHUNK: usize = 4096;
+        let err = |e: std::io::Error| DatapathError::Map {
+            name: names::EIP_COUNTERS,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+        let slots = self.eips.len() as usize;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&IterableMap::map(&self.eips).fd().as_fd());
+        let mut out = vec![EipCounters::default(); slots];
+        let mut keys = vec![0u32; CHUNK];
+        // A per-CPU value is one 8-byte-aligned value per possible CPU;
+        // EipCounters is 32 bytes, so they follow each other.
+        let mut values = vec![EipCounters::default(); CHUNK * cpus];
+        let mut in_batch: Option<u32> = None;
+        let mut out_batch = 0u32;
+        loop {
+            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys, values
+            // (pointers), count and map_fd (u32 each), elem_flags, flags.
+            let mut attr = [0u64; 7];
+            attr[0] = in_batch.as_ref().map_or(0, |k| k as *const u32 as u64);
+            attr[1] = &mut out_batch as *mut u32 as u64;
+            attr[2] = keys.as_mut_ptr() as u64;
+            attr[3] = values.as_mut_ptr() as u64;
+            attr[4] = (CHUNK as u64) | ((fd as u32 as u64) << 32);
+            // SAFETY: `attr` is a valid `batch` for this command; every
+            // pointer in it is valid for what the kernel writes: CHUNK keys,
+            // CHUNK per-CPU values, one key in out_batch; nothing is kept.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                )
+            };
+            let end = if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENOENT) => true,
+                    // ENOTSUPP (524), the kernel's own, is in no libc.
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if in_batch.is_none() => {
+                        return Ok(None)
+                    }
+                    _ => return Err(err(e)),
+                }
+            } else {
+                false
+            };
+            // The kernel wrote back how many it copied.
+            let count = (attr[4] & 0xffff_ffff) as usize;
+            for (key, per_cpu) in keys[..count].iter().zip(values.chunks(cpus)) {
+                if let Some(sum) = out.get_mut(*key as usize) {
+                    per_cpu.iter().for_each(|c| *sum += *c);
+                }
+            }
+            if end || count == 0 {
+                return Ok(Some(out));
+            }
+            in_batch = Some(out_batch);
+        }
     }
 
     /// Counters of the association in `slot`, summed over CPUs.

@@ -10,6 +10,8 @@ pub mod config;
 pub mod datapath;
 pub mod desired;
 pub mod gateway;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod netlink;

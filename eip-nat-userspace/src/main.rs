@@ -65,7 +65,9 @@ struct AgentArgs {
     /// EIPs one ENI may carry in multi-EIP mode.
     #[arg(long)]
     multi_eip_quota: Option<u32>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
+    /// Log level (error, warn, info, debug, trace, or directives such as
+    /// `info,eip_nat::server=debug`); RUST_LOG overrides; `eip-nat
+    /// log-level` changes it while the agent runs.
     #[arg(long)]
     log_level: Option<String>,
     /// Remove the datapath when the agent stops (default: leave it running
@@ -83,6 +85,13 @@ struct AgentArgs {
     /// address of the gateway's is dropped on the public side.
     #[arg(long = "routed-prefix", value_name = "CIDR")]
     routed_prefixes: Vec<ipnet::Ipv4Net>,
+    /// Also serve `GET /metrics` (only that, read-only, no token) on this
+    /// TCP address, for Prometheus.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Per-EIP metrics for the N EIPs with the most bytes (0: all).
+    #[arg(long)]
+    metrics_top_eips: Option<usize>,
     /// Print the configuration in effect and exit.
     #[arg(long)]
     print_config: bool,
@@ -111,6 +120,8 @@ impl AgentArgs {
             token_file: self.token_file.clone(),
             routed_prefixes: (!self.routed_prefixes.is_empty())
                 .then(|| self.routed_prefixes.clone()),
+            metrics_listen: self.metrics_listen,
+            metrics_top_eips: self.metrics_top_eips,
         };
         Ok(AgentConfig::try_from(file.overridden_by(flags))?)
     }
@@ -158,6 +169,11 @@ enum Command {
         #[arg(long)]
         eip: Option<std::net::Ipv4Addr>,
     },
+    /// Show the agent's log level, or set it (error, warn, info, debug,
+    /// trace, or directives such as `info,eip_nat::server=debug`).
+    LogLevel { level: Option<String> },
+    /// Print the metrics, as Prometheus scrapes them.
+    Metrics,
 }
 
 /// `--since`: a Unix time in seconds, or a time ago.
@@ -423,10 +439,7 @@ fn main() -> Result<ExitCode> {
                 print_json(&cfg)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            env_logger::Builder::new()
-                .filter_level(cfg.log_level.parse()?)
-                .parse_env("RUST_LOG")
-                .init();
+            let log = eip_nat::logging::init(&cfg.log_level)?;
             // Two threads: the API keeps answering while one is busy
             // (large bodies are parsed and serialized on blocking threads,
             // and the writer has its own thread).
@@ -434,7 +447,7 @@ fn main() -> Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(agent::run(cfg))?;
+                .block_on(agent::run(cfg, Some(log)))?;
         }
         Command::Teardown { bpffs_dir } => {
             agent::teardown(&bpffs_dir)?;
@@ -483,6 +496,18 @@ fn main() -> Result<ExitCode> {
                 print_usage(&records);
             }
         }
+        Command::LogLevel { level } => {
+            let answer = match level {
+                Some(level) => client.set_log_level(&level),
+                None => client.log_level(),
+            };
+            match answer {
+                Ok(l) if json => print_json(&l)?,
+                Ok(l) => println!("{}", l.level),
+                Err(e) => return report(e, json),
+            }
+        }
+        Command::Metrics => print!("{}", client.metrics()?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,9 +16,11 @@ use axum::{
 };
 
 use crate::{
-    api::{ApiError, Batch, ErrorBody, ErrorKind, OPENAPI},
+    api::{ApiError, Batch, ErrorBody, ErrorKind, LogLevel, OPENAPI},
     desired::Write,
     gateway::{chain, GatewayError},
+    logging::LogControl,
+    metrics::{self, Metrics},
     model::Event,
     reads::Reads,
     trace::TraceRequest,
@@ -33,6 +35,10 @@ pub struct Shared {
     pub reads: Reads,
     /// None where the datapath's ring buffer is not available.
     pub tracer: Option<Arc<Tracer>>,
+    /// `GET /metrics`, read from `reads` at each scrape.
+    pub metrics: Arc<Metrics>,
+    /// The log's filter; none when the process did not set up the log.
+    pub log: Option<LogControl>,
 }
 
 /// Largest request body the API takes.
@@ -224,6 +230,60 @@ async fn trace(State(api): State<Shared>, query: Query<TraceRequest>) -> Respons
         .into_response()
 }
 
+/// `GET /metrics`: read and encoded on a blocking thread (a scrape of a
+/// large gateway reads every association's counters).
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {
+    match blocking(move || metrics.encode()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed,
+            format!("encoding the metrics: {e}"),
+        ),
+    }
+}
+
+async fn get_log_level(State(api): State<Shared>) -> Response {
+    match &api.log {
+        Some(control) => Json(LogLevel {
+            level: control.get(),
+        })
+        .into_response(),
+        None => no_log(),
+    }
+}
+
+fn no_log() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Unavailable,
+        "this process has no log to set".into(),
+    )
+}
+
+async fn put_log_level(
+    State(api): State<Shared>,
+    body: Result<Json<LogLevel>, JsonRejection>,
+) -> Response {
+    let Json(want) = match body {
+        Ok(b) => b,
+        Err(e) => return malformed(e),
+    };
+    let Some(control) = &api.log else {
+        return no_log();
+    };
+    match control.set(&want.level) {
+        Ok(()) => {
+            log::info!("log level set to {}", control.get());
+            Json(LogLevel {
+                level: control.get(),
+            })
+            .into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, ErrorKind::Malformed, e.to_string()),
+    }
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
@@ -238,8 +298,14 @@ async fn not_found() -> Response {
 
 /// Every route; the same for the Unix socket and the TCP listener.
 pub fn router(gw: Shared) -> Router {
+    let timed = Arc::clone(&gw.metrics);
     Router::new()
         .route("/openapi.json", get(openapi))
+        .route(
+            "/metrics",
+            get(metrics_text).with_state(Arc::clone(&gw.metrics)),
+        )
+        .route("/v1/log-level", get(get_log_level).put(put_log_level))
         .route("/v1/state", get(state))
         .route("/v1/generation", get(generation))
         .route("/v1/stats", get(stats))
@@ -250,8 +316,22 @@ pub fn router(gw: Shared) -> Router {
         // A resync of a large gateway is one big batch: 64 MiB holds about
         // half a million events.
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(middleware::from_fn_with_state(timed, metrics::time_request))
         .fallback(not_found)
         .with_state(gw)
+}
+
+/// The router for the `metrics_listen` address: `GET /metrics` only, read
+/// only, with no token.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&metrics),
+            metrics::time_request,
+        ))
+        .fallback(not_found)
+        .with_state(metrics)
 }
 
 /// Compares in time independent of where the first difference is.

@@ -1,10 +1,15 @@
 //! What the writer publishes for readers, who never wait for it: the
 //! generations and the progress of a reconcile (`GET /v1/generation`).
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Instant,
 };
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::api::{Generation, ReconcileProgress};
 
@@ -38,9 +43,12 @@ impl Phase {
 pub struct Status {
     generation: AtomicU64,
     applied: AtomicU64,
-    /// The phase, and how much of it there is; None when not reconciling.
-    phase: Mutex<Option<(Phase, u64)>>,
+    /// The phase, how much of it there is, and when the reconcile began;
+    /// None when not reconciling.
+    phase: Mutex<Option<(Phase, u64, Instant)>>,
     done: AtomicU64,
+    /// How long each reconcile took, for `GET /metrics`.
+    reconcile_seconds: Histogram,
 }
 
 impl Status {
@@ -49,8 +57,9 @@ impl Status {
         Self {
             generation: AtomicU64::new(generation),
             applied: AtomicU64::new(applied),
-            phase: Mutex::new(Some((Phase::Loading, 0))),
+            phase: Mutex::new(Some((Phase::Loading, 0, Instant::now()))),
             done: AtomicU64::new(0),
+            reconcile_seconds: crate::metrics::reconcile_histogram(),
         }
     }
 
@@ -65,7 +74,9 @@ impl Status {
     /// Enters `phase`, which has `total` steps (0: unknown).
     pub fn phase(&self, phase: Phase, total: usize) {
         self.done.store(0, Ordering::Relaxed);
-        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Some((phase, total as u64));
+        let mut current = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let began = current.map_or_else(Instant::now, |(_, _, began)| began);
+        *current = Some((phase, total as u64, began));
     }
 
     /// One step of the phase done.
@@ -75,7 +86,16 @@ impl Status {
 
     /// Not reconciling (any more): the datapath follows each write.
     pub fn done(&self) {
-        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ended = self.phase.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((_, _, began)) = ended {
+            self.reconcile_seconds
+                .observe(began.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The time each reconcile took, from its first phase to done.
+    pub fn reconcile_seconds(&self) -> &Histogram {
+        &self.reconcile_seconds
     }
 
     pub fn generation(&self) -> Generation {
@@ -83,7 +103,7 @@ impl Status {
         Generation {
             generation: self.generation.load(Ordering::Acquire),
             applied_generation: self.applied.load(Ordering::Acquire),
-            reconcile: phase.map(|(phase, total)| ReconcileProgress {
+            reconcile: phase.map(|(phase, total, _)| ReconcileProgress {
                 phase: phase.name().into(),
                 done: self.done.load(Ordering::Relaxed),
                 total,

@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     time::{Duration, Instant},
 };
 
@@ -181,28 +181,25 @@ impl Agent {
                 .unwrap()
                 .as_nanos()
         ));
-        let logfile = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args([
+        let mut args: Vec<std::ffi::OsString> = vec!["--socket".into(), socket.clone().into()];
+        args.extend(
+            [
                 "agent",
                 "--public-if",
                 public_if,
                 "--private-if",
                 private_if,
                 "--state-dir",
-            ])
-            .arg(&home.state)
-            .arg("--bpffs-dir")
-            .arg(&home.bpffs)
-            .args(extra)
-            .stdout(Stdio::from(logfile.try_clone().unwrap()))
-            .stderr(Stdio::from(logfile))
-            .spawn()
-            .expect("spawn agent");
+            ]
+            .map(Into::into),
+        );
+        args.extend([
+            home.state.clone().into(),
+            "--bpffs-dir".into(),
+            home.bpffs.clone().into(),
+        ]);
+        args.extend(extra.iter().map(Into::into));
+        let child = crate::netns::spawn_in(ns, &bin, args, &log);
         Self {
             child,
             home,

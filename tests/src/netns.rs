@@ -43,6 +43,30 @@ pub fn ns_sh(ns: &str, args: &[&str]) {
     sh(&full);
 }
 
+/// Starts `program args…` in `ns` (`ip netns exec`, which execs it: the
+/// child is the program), its standard output and error written to `log`.
+pub fn spawn_in<I, S>(
+    ns: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: I,
+    log: &std::path::Path,
+) -> std::process::Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let program = program.as_ref();
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {} in {ns}: {e}", program.display()))
+}
+
 /// `ip netns exec NS ARGS…`'s standard output, panicking on failure.
 pub fn ns_output(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")

@@ -722,24 +722,32 @@ fn the_api_serves_its_description_refuses_whole_batches_and_guards_tcp() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "only root may use the socket");
 
-    // Every path the description lists is served: GETs answer, POSTs
-    // without a body are malformed (not missing).
+    // Every path the description lists is served: GETs answer (JSON, but
+    // for the metrics' text), POSTs and PUTs without a body are malformed
+    // (not missing).
     let api = agent.client();
     let doc = api.get("/openapi.json").unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert!(paths.len() >= 6);
+    assert!(paths.len() >= 8);
     for (path, ops) in paths {
         let streams = ops["get"]["responses"]["200"]["content"]
             .get("application/x-ndjson")
             .is_some();
         if ops.get("get").is_some() && !streams {
-            api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            if path == "/metrics" {
+                api.metrics().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            } else {
+                api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            }
         }
-        if ops.get("post").is_some() {
-            let (status, _) = api
-                .request(hyper::Method::POST, path, None)
-                .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-            assert_eq!(status, 400, "POST {path} with no body");
+        for method in ["post", "put"] {
+            if ops.get(method).is_some() {
+                let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let (status, _) = api
+                    .request(m, path, None)
+                    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+                assert_eq!(status, 400, "{method} {path} with no body");
+            }
         }
     }
 

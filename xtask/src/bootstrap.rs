@@ -33,6 +33,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ICMP echo in tests and the demo"),
     ("procps", "sysctl in namespaces"),
     ("nftables", "the benchmark's nftables peers"),
+    (
+        "prometheus",
+        "the Prometheus server the metrics test scrapes the agent with",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

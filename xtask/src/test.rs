@@ -160,6 +160,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "usage netns test (records of ended periods under traffic: nothing lost, nothing counted twice)",
             vec![root_test("usage")],
         ),
+        (
+            "metrics netns tests (a real Prometheus scrapes the agent under traffic; GET /metrics; the log level changed live)",
+            vec![root_test("metrics")],
+        ),
     ]
 }
 
