@@ -35,11 +35,25 @@ struct Slot {
     session: u64,
 }
 
-pub struct Tracer {
+/// What the ring buffer's reader shares with the tracer: not the writer,
+/// so that the reader does not keep the writer alive at stop.
+#[derive(Default)]
+struct Queue {
     slot: Mutex<Slot>,
-    writer: Writer,
     /// Events the ring buffer delivered that no queue had room for.
     lost: AtomicU64,
+}
+
+pub struct Tracer {
+    queue: Arc<Queue>,
+    writer: Writer,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +78,7 @@ impl Drop for Session {
         let tracer = Arc::clone(&self.tracer);
         let id = self.id;
         let ours = {
-            let mut slot = tracer.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = tracer.queue.slot.lock().unwrap_or_else(|p| p.into_inner());
             let ours = slot.session == id && slot.tx.is_some();
             if ours {
                 slot.tx = None;
@@ -87,23 +101,19 @@ impl Drop for Session {
 impl Tracer {
     /// Drains `ring` for as long as the agent runs.
     pub fn start(ring: RingBuf<MapData>, writer: Writer) -> std::io::Result<Arc<Self>> {
-        let tracer = Arc::new(Self {
-            slot: Mutex::new(Slot::default()),
-            writer,
-            lost: AtomicU64::new(0),
-        });
+        let queue = Arc::new(Queue::default());
         // SAFETY: the ring buffer owns its descriptor and keeps it open,
         // unreplaced, for as long as the AsyncFd that owns the ring.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
-        let reader = Arc::clone(&tracer);
-        tokio::spawn(async move {
+        let shared = Arc::clone(&queue);
+        let reader = tokio::spawn(async move {
             let offset = boot_offset_ns();
             loop {
                 let Ok(mut guard) = ring.readable_mut().await else {
                     break;
                 };
                 let ring = guard.get_inner_mut();
-                let tx = reader
+                let tx = shared
                     .slot
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -116,21 +126,25 @@ impl Tracer {
                     // Events left from a trace that has ended are dropped.
                     if let Some(tx) = &tx {
                         if tx.try_send(TraceRecord::from_event(event, offset)).is_err() {
-                            reader.lost.fetch_add(1, Ordering::Relaxed);
+                            shared.lost.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
                 guard.clear_ready();
             }
         });
-        Ok(tracer)
+        Ok(Arc::new(Self {
+            queue,
+            writer,
+            reader,
+        }))
     }
 
     /// Starts a trace of what `config` selects, unless one is running.
     pub async fn begin(self: &Arc<Self>, config: TraceConfig) -> Result<Session, TraceError> {
         let (tx, records) = mpsc::channel(QUEUE);
         let id = {
-            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.queue.slot.lock().unwrap_or_else(|p| p.into_inner());
             if slot.tx.is_some() {
                 return Err(TraceError::Busy);
             }
@@ -156,6 +170,6 @@ impl Tracer {
 
     /// Traced packets dropped because a reader was too slow.
     pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+        self.queue.lost.load(Ordering::Relaxed)
     }
 }
