@@ -9,6 +9,8 @@
 //! (`writer.rs`); readers use the store's snapshots and the counters
 //! (`reads.rs`), and never wait for it.
 
+mod shared;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -22,7 +24,8 @@ use thiserror::Error;
 use crate::{
     api::{Batch, Generation},
     datapath::{Datapath, DatapathError},
-    desired::{Desired, HostChecks, Write},
+    desired::{Desired, Group, HostChecks, Write},
+    fleet::EtcdError,
     model::{tables, Event, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
     public_access,
@@ -61,6 +64,9 @@ pub enum GatewayError {
     },
     #[error("the agent is stopping; the change was not made")]
     Stopped,
+    /// The fleet's shared store (etcd) did not take the change.
+    #[error(transparent)]
+    Etcd(Arc<EtcdError>),
 }
 
 impl From<StoreError> for GatewayError {
@@ -129,6 +135,8 @@ pub struct Gateway {
     public_accept: Option<BTreeMap<Ipv4Net, u32>>,
     /// What readers see of the writer's progress.
     status: Arc<Status>,
+    /// The fleet's shared store, if the state is shared (`shared.rs`).
+    shared: Option<shared::Shared>,
 }
 
 /// An error and its sources on one line.
@@ -212,6 +220,7 @@ impl Opening {
             routed_prefixes: Vec::new(),
             public_accept: None,
             status,
+            shared: None,
         };
         let report = gw
             .reconcile_all()
@@ -411,6 +420,9 @@ impl Gateway {
     /// accepted ones recorded in one store transaction (group commit) and
     /// then applied to the datapath; one outcome per write, in order.
     pub fn write(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
+        if self.shared.is_some() {
+            return self.write_shared(writes);
+        }
         let mut host = Host {
             routes: &mut self.routes,
             routed: &self.routed,
@@ -419,17 +431,20 @@ impl Gateway {
         if let Err(e) = self.desired.record(&mut group) {
             // Memory is back to what the store holds; nothing else changed.
             let e = Arc::new(e);
-            return group
-                .outcomes
-                .into_iter()
-                .map(|o| o.and(Err(GatewayError::Store(Arc::clone(&e)))))
-                .collect();
+            return not_recorded(group, || GatewayError::Store(Arc::clone(&e)));
         }
+        let before = group.generation - group.accepted() as u64;
+        self.apply_group(group, before)
+    }
+
+    /// Applies a recorded group to the datapath (all of it again if the
+    /// datapath was not at `before`, the generation the group was checked
+    /// against); one outcome per write.
+    fn apply_group(&mut self, group: Group, before: u64) -> Vec<Result<Generation, GatewayError>> {
         let generation = group.generation;
         let mut failed = None;
         if group.accepted() > 0 {
             self.status.set_generation(generation);
-            let before = generation - group.accepted() as u64;
             let applied = if self.applied == before {
                 self.apply_touched(&group.touched)
             } else {
@@ -582,6 +597,19 @@ impl Gateway {
         self.sync_public_accept(false)?;
         Ok(())
     }
+}
+
+/// The outcomes of a group that was not recorded: each accepted write
+/// fails with `error`, the refused ones keep their refusal.
+fn not_recorded(
+    group: Group,
+    error: impl Fn() -> GatewayError,
+) -> Vec<Result<Generation, GatewayError>> {
+    group
+        .outcomes
+        .into_iter()
+        .map(|o| o.and(Err(error())))
+        .collect()
 }
 
 /// The host's side of an event's checks (see [`HostChecks`]).
