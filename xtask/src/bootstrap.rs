@@ -33,6 +33,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ICMP echo in tests and the demo"),
     ("procps", "sysctl in namespaces"),
     ("nftables", "the benchmark's nftables peers"),
+    (
+        "protobuf-compiler",
+        "protoc: the etcd client's build compiles etcd's API",
+    ),
+    ("etcd-server", "a real etcd cluster for the fleet tests"),
+    (
+        "etcd-client",
+        "etcdctl: the fleet tests' health checks and compaction",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -152,6 +152,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile)",
             vec![root_test("writer")],
         ),
+        (
+            "fleet netns tests on a real etcd (a change through one gateway on all; racing writers; etcd down and back; restart after a compaction; a member of three failing)",
+            vec![root_test("fleet")],
+        ),
     ]
 }
 
