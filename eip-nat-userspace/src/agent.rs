@@ -414,16 +414,21 @@ impl Start<'_> {
             icmp,
             etcd,
         } = self;
-        if let Some(etcd) = &etcd {
-            // Before anything is compared with the datapath: a gateway
-            // that was down takes the fleet's state first.
-            fleet::catch_up_local(&store, cfg.limits, etcd);
-            status.set_generation(store.generation()?);
-        }
+        // Before anything is compared with the datapath: a gateway that was
+        // down takes the fleet's state first.
+        let renewed = match &etcd {
+            Some(etcd) => fleet::catch_up_local(&store, cfg.limits, etcd),
+            None => Vec::new(),
+        };
+        status.set_generation(store.generation()?);
         let mut opening = Gateway::prepare(store, datapath, Some(routes), cfg.limits, status)?;
 
         // Checked: from here on the agent changes the live gateway.
         let datapath = opening.datapath_mut();
+        // Associations made while this gateway was down start from zero.
+        for slot in renewed {
+            datapath.reset_eip_counters(slot)?;
+        }
         // Keep the generation a previous agent recorded until the reconcile
         // has made it true for this one.
         let previous = datapath.config()?;

@@ -469,13 +469,14 @@ pub fn record_locally(
 /// At start, before the datapath is touched: brings the local copy up to
 /// what etcd holds, so the gateway reconciles to the fleet's state. If etcd
 /// is unreachable the agent starts from its local copy (and catches up
-/// once etcd answers).
-pub fn catch_up_local(store: &Store, limits: crate::model::Limits, etcd: &Etcd) {
+/// once etcd answers). Returns the counter slots of the associations that
+/// changed, which start from zero.
+pub fn catch_up_local(store: &Store, limits: crate::model::Limits, etcd: &Etcd) -> Vec<u32> {
     let (mut state, mut generation) = match store.load(limits) {
         Ok(s) => s,
         Err(e) => {
             log::error!("loading the local copy: {}", crate::gateway::chain(&e));
-            return;
+            return Vec::new();
         }
     };
     let local = generation;
@@ -484,17 +485,23 @@ pub fn catch_up_local(store: &Store, limits: crate::model::Limits, etcd: &Etcd) 
         Ok(None) => log::info!("the local copy is at etcd's generation {generation}"),
         Ok(Some(fetched)) => {
             let mut pending = Touched::default();
-            take(&mut state, &mut generation, store, fetched, &mut pending);
+            let touched = take(&mut state, &mut generation, store, fetched, &mut pending);
             log::info!(
                 "caught up from etcd: generation {local} to {generation} in {:.1?}",
                 started.elapsed()
             );
+            return touched
+                .iter()
+                .flat_map(|t| &t.eips)
+                .filter_map(|eip| state.association(*eip).map(|a| a.slot))
+                .collect();
         }
         Err(e) => log::warn!(
             "{e}; starting from the local copy (generation {generation}), catching up when etcd \
              answers"
         ),
     }
+    Vec::new()
 }
 
 /// Follows etcd for as long as the agent runs: every change under the
