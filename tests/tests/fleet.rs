@@ -19,7 +19,7 @@ use eip_nat::{
 use integration_tests::{
     agent::{Agent, AgentHome},
     etcd::{self, Etcd},
-    netns::Topology,
+    netns::{Namespaces, Topology},
     require_root,
     sockets::{sa, udp_socket},
 };
@@ -438,4 +438,177 @@ fn a_three_member_cluster_survives_a_member_failure() {
     assert_eq!(rows(&a), rows(&b));
     println!("MEASURED one of three etcd members killed: slowest of 20 writes {worst:?}");
     fleet.etcd.restart(0);
+}
+
+/// Issue #12, point 3: three gateways behind ECMP on both sides. An
+/// association made through one gateway's API is translated by all
+/// three; one killed and taken out of the upstream route, the flows go on
+/// through the other two; restarted, it catches up from etcd before it is
+/// put back. Measures the time from an associate acknowledged on A to the
+/// first translated packet through B and through C.
+#[test]
+fn three_gateways_behind_ecmp_translate_alike_and_survive_one_failing() {
+    use integration_tests::ecmp::{Ecmp, INSTANCE, INTERNET};
+    require_root();
+    let net = Ecmp::new(3);
+    let mut namespaces = Namespaces::new();
+    let gw_ns: Vec<&str> = net.gateways.iter().map(|g| g.ns.as_str()).collect();
+    let (etcd_ns, addrs) = etcd::link_to_gateways(&mut namespaces, &gw_ns);
+    let etcd = Etcd::start(&etcd_ns, 1, &addrs);
+    let prefix = "/eip-nat-ecmp";
+    let start_in = |i: usize, home: Arc<AgentHome>| {
+        let args = etcd.agent_args(addrs[i], prefix);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let g = &net.gateways[i];
+        Agent::start_in(home, &g.ns, &g.public.ifname, &g.private.ifname, &args)
+    };
+    let mut agents: Vec<Option<Agent>> = (0..3)
+        .map(|i| Some(start_in(i, AgentHome::new(&net.gateways[i].ns))))
+        .collect();
+    let api = |agents: &[Option<Agent>], i: usize| agents[i].as_ref().unwrap().client();
+    let eip = Ipv4Addr::new(203, 0, 113, 10);
+    api(&agents, 0)
+        .event(&eni("eni-i", EniKind::Primary, INSTANCE))
+        .unwrap();
+    let g = api(&agents, 0)
+        .event(&associate(eip, "eni-i", None))
+        .unwrap();
+    for agent in agents.iter_mut().flatten() {
+        wait_applied(agent, g.generation, Duration::from_secs(10));
+    }
+
+    // 90 flows (source ports) to the EIP: all arrive, translated, and
+    // spread over the gateways.
+    let receiver = udp_socket(&net.instance, sa(INSTANCE, 7000));
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let flows = |eip: Ipv4Addr, n: u16| -> usize {
+        let mut got = 0;
+        for port in 0..n {
+            let s = udp_socket(&net.internet, sa(INTERNET, 20000 + port));
+            s.send_to(&port.to_be_bytes(), sa(eip, 7000)).unwrap();
+            let mut buf = [0u8; 8];
+            if let Ok((2, from)) = receiver.recv_from(&mut buf) {
+                got += usize::from(from.ip() == std::net::IpAddr::V4(INTERNET));
+            }
+        }
+        got
+    };
+    let carried = |agents: &[Option<Agent>], eip: Ipv4Addr| -> Vec<u64> {
+        agents
+            .iter()
+            .map(|a| {
+                a.as_ref().map_or(0, |a| {
+                    a.client()
+                        .stats_of(eip)
+                        .unwrap()
+                        .eips
+                        .first()
+                        .map_or(0, |e| e.in_packets)
+                })
+            })
+            .collect()
+    };
+    assert_eq!(flows(eip, 90), 90, "every flow translated");
+    let before = carried(&agents, eip);
+    println!("flows per gateway: {before:?}");
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "every gateway carried flows: {before:?}"
+    );
+
+    // Gateway 1 dies; the router's health check takes its next hop out.
+    let home1 = Arc::clone(&agents[1].as_ref().unwrap().home);
+    agents[1].take().unwrap().kill9();
+    net.route_pool(&[0, 2]);
+    assert_eq!(flows(eip, 90), 90, "the flows go on through the other two");
+
+    // Meanwhile the state changes: the EIP moves to another address.
+    let moved = Ipv4Addr::new(203, 0, 113, 11);
+    api(&agents, 0).event(&Event::Disassociate { eip }).unwrap();
+    let g = api(&agents, 2)
+        .event(&associate(moved, "eni-i", None))
+        .unwrap();
+    // Restarted (its datapath was left running, with the old EIP), it
+    // catches up from etcd before it is put back in the route.
+    agents[1] = Some(start_in(1, home1));
+    let caught_up = agents[1].as_ref().unwrap().client().generation().unwrap();
+    assert!(
+        caught_up.generation >= g.generation && caught_up.applied_generation >= g.generation,
+        "started at {caught_up:?}, etcd at {}",
+        g.generation
+    );
+    net.route_pool(&[0, 1, 2]);
+    assert_eq!(
+        flows(moved, 90),
+        90,
+        "every flow to the moved EIP translated"
+    );
+    assert_eq!(flows(eip, 10), 0, "the old EIP is gone everywhere");
+    let after = carried(&agents, moved);
+    println!("flows per gateway after the restart: {after:?}");
+    assert_eq!(
+        after.iter().sum::<u64>(),
+        90,
+        "each counted once, from zero: {after:?}"
+    );
+    assert!(
+        after.iter().all(|n| *n > 0),
+        "every gateway carried flows: {after:?}"
+    );
+
+    // Acknowledged on A -> first packet translated through B (C): the
+    // internet routes 203.0.113.128/26 through B only, .192/26 through C.
+    let mut lags: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut current = moved;
+    for round in 0..20u8 {
+        for (k, base) in [(0usize, 128u8), (1, 192)] {
+            let next = Ipv4Addr::new(203, 0, 113, base + round);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sender = {
+                let stop = Arc::clone(&stop);
+                let s = udp_socket(&net.internet, sa(INTERNET, 30000));
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && Instant::now() < deadline
+                    {
+                        let _ = s.send_to(b"lag", sa(next, 7000));
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                })
+            };
+            api(&agents, 0)
+                .event(&Event::Disassociate { eip: current })
+                .unwrap();
+            api(&agents, 0)
+                .event(&associate(next, "eni-i", None))
+                .unwrap();
+            let acked = Instant::now();
+            let mut buf = [0u8; 8];
+            let arrived = loop {
+                match receiver.recv_from(&mut buf) {
+                    Ok((3, _)) => break Instant::now(),
+                    Ok(_) => continue,
+                    Err(e) => panic!("nothing translated through gateway {}: {e}", k + 1),
+                }
+            };
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sender.join().unwrap();
+            while receiver.recv_from(&mut buf).is_ok() {}
+            lags[k].push(arrived.saturating_duration_since(acked));
+            current = next;
+        }
+    }
+    for (k, l) in lags.iter_mut().enumerate() {
+        l.sort();
+        println!(
+            "MEASURED associate acknowledged on A -> first translated packet through {}: p50 {:?}, \
+             p99 {:?} (20 associations; sender every 0.2 ms)",
+            ["B", "C"][k],
+            percentile(l, 0.5),
+            percentile(l, 0.99)
+        );
+    }
 }
