@@ -180,18 +180,25 @@ impl Etcd {
         let mut last = None;
         for _ in 0..self.endpoints.len().max(1) {
             let client = self.client().await?;
-            match tokio::time::timeout(TIMEOUT, op(client)).await {
-                Err(_) => return Err(EtcdError::Timeout(what)),
+            let error = match tokio::time::timeout(TIMEOUT, op(client)).await {
+                Err(_) => EtcdError::Timeout(what),
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let not_sent = e.to_string().contains("tcp connect error");
                     let e = EtcdError::from(e);
-                    if !not_sent {
-                        return Err(e);
+                    if not_sent {
+                        last = Some(e);
+                        continue;
                     }
-                    last = Some(e);
+                    e
                 }
+            };
+            if error.unreachable() {
+                // A new channel next time: the old one may hold on to a
+                // member that is gone.
+                *self.client.lock().await = None;
             }
+            return Err(error);
         }
         Err(last.expect("one attempt at least"))
     }

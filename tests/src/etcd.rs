@@ -191,6 +191,25 @@ impl Etcd {
         }
     }
 
+    /// The index of the member that leads the cluster now.
+    pub fn leader(&self) -> usize {
+        let out = self
+            .ctl(&["endpoint", "status", "-w", "json"])
+            .expect("etcdctl endpoint status");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl's JSON");
+        let leading = v
+            .as_array()
+            .expect("one status per endpoint")
+            .iter()
+            .find(|e| e["Status"]["leader"] == e["Status"]["header"]["member_id"])
+            .expect("a member that leads");
+        let endpoint = leading["Endpoint"].as_str().expect("its endpoint");
+        self.members
+            .iter()
+            .position(|m| endpoint.ends_with(&format!(":{}", m.client_port)))
+            .expect("a member of ours")
+    }
+
     /// Kills member `i` (SIGKILL): its data directory stays.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
