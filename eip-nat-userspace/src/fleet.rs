@@ -339,9 +339,13 @@ impl Etcd {
             if response.canceled() {
                 return Ok(Some(Fetched::Listing(self.list().await?)));
             }
-            let got = self.events(response.events());
-            let done = got.last().is_some_and(|(rev, _)| *rev >= newest);
-            events.extend(got);
+            // Any key counts towards `newest`, a row of ours or not.
+            let done = response
+                .events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .any(|kv| kv.mod_revision() as u64 >= newest);
+            events.extend(self.events(response.events()));
             if done {
                 break;
             }
