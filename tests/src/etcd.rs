@@ -13,7 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{veth, End, Namespaces};
+use std::sync::Arc;
+
+use crate::{
+    agent::{Agent, AgentHome},
+    netns::{veth, End, Namespaces, Topology},
+    require_root,
+};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
@@ -270,4 +276,56 @@ pub fn link_to_gateways(namespaces: &mut Namespaces, gateways: &[&str]) -> (Stri
         addrs.push(here.addr);
     }
     (ns, addrs)
+}
+
+/// Gateways, each the standard topology (its own internet and instance),
+/// sharing one etcd.
+pub struct Fleet {
+    pub etcd: Etcd,
+    /// Per gateway, the address it reaches etcd at.
+    pub addrs: Vec<Ipv4Addr>,
+    pub topologies: Vec<Topology>,
+    pub prefix: String,
+}
+
+impl Fleet {
+    pub fn new(gateways: usize, members: usize) -> Self {
+        require_root();
+        let mut topologies: Vec<Topology> = (0..gateways).map(|_| Topology::new()).collect();
+        let gw_ns: Vec<String> = topologies.iter().map(|t| t.gw_public.ns.clone()).collect();
+        let names: Vec<&str> = gw_ns.iter().map(String::as_str).collect();
+        let (ns, addrs) = link_to_gateways(&mut topologies[0].namespaces, &names);
+        let etcd = Etcd::start(&ns, members, &addrs);
+        Self {
+            etcd,
+            addrs,
+            topologies,
+            prefix: format!("/eip-nat-test-{}", std::process::id()),
+        }
+    }
+
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        self.etcd.agent_args(self.addrs[i], &self.prefix)
+    }
+
+    /// Starts the agent of gateway `i` with a new home and waits until it
+    /// has started; it leaves its datapath running when it stops.
+    pub fn start(&self, i: usize) -> Agent {
+        self.start_in(AgentHome::new(&self.topologies[i].gw_public.ns), i)
+    }
+
+    /// Starts the agent of gateway `i` in `home` (an earlier agent's: its
+    /// local copy, and its datapath).
+    pub fn start_in(&self, home: Arc<AgentHome>, i: usize) -> Agent {
+        let args = self.agent_args(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = &self.topologies[i];
+        Agent::start_in(
+            home,
+            &t.gw_public.ns,
+            &t.gw_public.ifname,
+            &t.gw_private.ifname,
+            &args,
+        )
+    }
 }

@@ -18,79 +18,27 @@ use eip_nat::{
 };
 use integration_tests::{
     agent::{Agent, AgentHome},
-    etcd::{self, Etcd},
+    etcd::{self, Etcd, Fleet},
     netns::{Namespaces, Topology},
     require_root,
     sockets::{sa, udp_socket},
 };
 
-/// Gateways, each the standard topology (its own internet and instance),
-/// sharing one etcd.
-struct Fleet {
-    etcd: Etcd,
-    /// Per gateway, the address it reaches etcd at.
-    addrs: Vec<Ipv4Addr>,
-    topologies: Vec<Topology>,
-    prefix: String,
-}
-
-impl Fleet {
-    fn new(gateways: usize, members: usize) -> Self {
-        require_root();
-        let mut topologies: Vec<Topology> = (0..gateways).map(|_| Topology::new()).collect();
-        let gw_ns: Vec<String> = topologies.iter().map(|t| t.gw_public.ns.clone()).collect();
-        let names: Vec<&str> = gw_ns.iter().map(String::as_str).collect();
-        let (ns, addrs) = etcd::link_to_gateways(&mut topologies[0].namespaces, &names);
-        let etcd = Etcd::start(&ns, members, &addrs);
-        Self {
-            etcd,
-            addrs,
-            topologies,
-            prefix: format!("/eip-nat-test-{}", std::process::id()),
-        }
-    }
-
-    fn agent_args(&self, i: usize) -> Vec<String> {
-        self.etcd.agent_args(self.addrs[i], &self.prefix)
-    }
-
-    /// Starts the agent of gateway `i` with a new home and waits until it
-    /// has started; it leaves its datapath running when it stops.
-    fn start(&self, i: usize) -> Agent {
-        self.start_in(AgentHome::new(&self.topologies[i].gw_public.ns), i)
-    }
-
-    /// Starts the agent of gateway `i` in `home` (an earlier agent's: its
-    /// local copy, and its datapath).
-    fn start_in(&self, home: Arc<AgentHome>, i: usize) -> Agent {
-        let args = self.agent_args(i);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let t = &self.topologies[i];
-        Agent::start_in(
-            home,
-            &t.gw_public.ns,
-            &t.gw_public.ifname,
-            &t.gw_private.ifname,
-            &args,
-        )
-    }
-
-    /// Starts gateways A and B, associates the topologies' EIP with their
-    /// instance's address through A, and waits until B has it too.
-    fn start_two_and_associate(&self) -> (Agent, Agent, Generation) {
-        let a = self.start(0);
-        let mut b = self.start(1);
-        let t = &self.topologies[0];
-        a.client()
-            .event(&eni("eni-i", EniKind::Primary, t.instance.addr))
-            .unwrap();
-        let g = a
-            .client()
-            .event(&associate(t.eip, "eni-i", None))
-            .expect("associate through A");
-        wait_applied(&mut b, g.generation, Duration::from_secs(10));
-        (a, b, g)
-    }
+/// Starts gateways A and B, associates the topologies' EIP with their
+/// instance's address through A, and waits until B has it too.
+fn start_two_and_associate(fleet: &Fleet) -> (Agent, Agent, Generation) {
+    let a = fleet.start(0);
+    let mut b = fleet.start(1);
+    let t = &fleet.topologies[0];
+    a.client()
+        .event(&eni("eni-i", EniKind::Primary, t.instance.addr))
+        .unwrap();
+    let g = a
+        .client()
+        .event(&associate(t.eip, "eni-i", None))
+        .expect("associate through A");
+    wait_applied(&mut b, g.generation, Duration::from_secs(10));
+    (a, b, g)
 }
 
 fn eni(id: &str, kind: EniKind, ip: Ipv4Addr) -> Event {
@@ -152,7 +100,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn a_change_made_through_one_gateway_reaches_every_gateway() {
     let fleet = Fleet::new(2, 1);
-    let (a, mut b, g) = fleet.start_two_and_associate();
+    let (a, mut b, g) = start_two_and_associate(&fleet);
     assert_eq!(g.generation, g.applied_generation);
     let revision = fleet.etcd.revision();
     assert_eq!(g.generation, revision, "the generation is etcd's revision");
@@ -280,7 +228,7 @@ fn writers_on_two_gateways_racing_one_wins_the_other_is_refused() {
 #[test]
 fn while_etcd_is_down_gateways_serve_refuse_writes_and_then_converge() {
     let mut fleet = Fleet::new(2, 1);
-    let (a, b, g) = fleet.start_two_and_associate();
+    let (a, b, g) = start_two_and_associate(&fleet);
 
     fleet.etcd.kill(0);
     let down = Instant::now();
@@ -364,7 +312,7 @@ fn while_etcd_is_down_gateways_serve_refuse_writes_and_then_converge() {
 #[test]
 fn a_gateway_restarted_after_a_compaction_takes_the_difference() {
     let fleet = Fleet::new(2, 1);
-    let (a, b, _) = fleet.start_two_and_associate();
+    let (a, b, _) = start_two_and_associate(&fleet);
     let t = &fleet.topologies[0];
     // B stops, leaving its datapath.
     let home = Arc::clone(&b.home);

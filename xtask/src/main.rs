@@ -34,7 +34,11 @@ enum Command {
         unprivileged: bool,
     },
     /// Build, then show translation on a small namespace topology.
-    Demo,
+    Demo {
+        /// Two gateways sharing one etcd instead (docs/fleet.md).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Build, then run N random and mutated packets through the loaded
     /// program and the reference model; prints the seed, which reproduces.
     Fuzz {
@@ -74,10 +78,10 @@ fn main() -> Result<()> {
             build::all()?;
             test::run(test::Lanes::All)
         }
-        Command::Demo => {
+        Command::Demo { fleet } => {
             bootstrap::run()?;
             build::all()?;
-            build::demo()
+            build::demo(fleet)
         }
         Command::Fuzz { packets, seed } => {
             bootstrap::run()?;
