@@ -179,6 +179,21 @@ fn ensure_bpffs() -> Result<()> {
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
+/// What the unprivileged lane needs (it builds the agent's crate, whose
+/// etcd client compiles etcd's API with protoc): installed if missing, or
+/// how to install it.
+pub fn protoc() -> Result<()> {
+    let out = output(Command::new("dpkg-query").args([
+        "-W",
+        "-f=${db:Status-Status}",
+        "protobuf-compiler",
+    ]))?;
+    if String::from_utf8_lossy(&out.stdout).trim() == "installed" {
+        return Ok(());
+    }
+    apt_install(&["protobuf-compiler"])
+}
+
 pub fn run() -> Result<()> {
     let start = Instant::now();
     let missing = missing_packages()?;

@@ -70,7 +70,10 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             build::all()
         }
-        Command::Test { unprivileged: true } => test::run(test::Lanes::Unprivileged),
+        Command::Test { unprivileged: true } => {
+            bootstrap::protoc()?;
+            test::run(test::Lanes::Unprivileged)
+        }
         Command::Test {
             unprivileged: false,
         } => {
