@@ -26,6 +26,7 @@ use tokio::{
 use crate::{
     config::AgentConfig,
     datapath::{mode_name, Attached, Datapath, LoadOptions},
+    fleet::{self, Etcd},
     gateway::Gateway,
     logging::LogControl,
     metrics::{self, Metrics},
@@ -261,6 +262,11 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         .create(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir)?;
+    // The fleet's shared store: the local one above is its copy.
+    let etcd = match &cfg.etcd {
+        Some(e) => Some(Arc::new(Etcd::new(e, tokio::runtime::Handle::current())?)),
+        None => None,
+    };
     // Opens the pinned maps (creating them if there are none), writes none.
     let mut datapath = Datapath::load(LoadOptions {
         max_associations: cfg.limits.max_associations,
@@ -303,6 +309,15 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         log,
     };
     let monitor = monitor.follow(writer.clone());
+    // Queued until the writer serves; what it reports before the start's
+    // own catch-up is skipped as already taken.
+    let follower = etcd.as_ref().map(|etcd| {
+        tokio::spawn(fleet::follow(
+            Arc::clone(etcd),
+            writer.clone(),
+            Arc::clone(&status),
+        ))
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -344,6 +359,7 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
                 public,
                 private,
                 icmp,
+                etcd,
             };
             match start.run(store, datapath, routes, status) {
                 Ok(gateway) => {
@@ -384,6 +400,10 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
     // pinned links and maps keep the datapath running without it.
     monitor.abort();
     let _ = monitor.await;
+    if let Some(follower) = follower {
+        follower.abort();
+        let _ = follower.await;
+    }
     drop(writer);
     tokio::task::spawn_blocking(move || writer_thread.join())
         .await?
@@ -411,6 +431,8 @@ struct Start<'a> {
     public: u32,
     private: u32,
     icmp: IcmpConfig,
+    /// The fleet's shared store, if any.
+    etcd: Option<Arc<Etcd>>,
 }
 
 impl Start<'_> {
@@ -426,11 +448,23 @@ impl Start<'_> {
             public,
             private,
             icmp,
+            etcd,
         } = self;
+        // Before anything is compared with the datapath: a gateway that was
+        // down takes the fleet's state first.
+        let renewed = match &etcd {
+            Some(etcd) => fleet::catch_up_local(&store, cfg.limits, etcd),
+            None => Vec::new(),
+        };
+        status.set_generation(store.generation()?);
         let mut opening = Gateway::prepare(store, datapath, Some(routes), cfg.limits, status)?;
 
         // Checked: from here on the agent changes the live gateway.
         let datapath = opening.datapath_mut();
+        // Associations made while this gateway was down start from zero.
+        for slot in renewed {
+            datapath.reset_eip_counters(slot)?;
+        }
         // Keep the generation a previous agent recorded until the reconcile
         // has made it true for this one.
         let previous = datapath.config()?;
@@ -486,6 +520,9 @@ impl Start<'_> {
             gateway.status().step();
         }
         remove_stale_links(cfg)?;
+        if let Some(etcd) = etcd {
+            gateway.share(etcd);
+        }
         if cfg.fast_path {
             log::info!(
                 "fast path on: translated packets are forwarded with XDP_REDIRECT (a veth peer \

@@ -49,7 +49,42 @@ pub struct FileConfig {
     pub routed_prefixes: Option<Vec<Ipv4Net>>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_top_eips: Option<usize>,
+    pub store: Option<StoreKind>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_prefix: Option<String>,
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
 }
+
+/// Where the desired state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// This gateway's own embedded store (redb, in `state_dir`).
+    #[default]
+    Redb,
+    /// Shared by a fleet of gateways in etcd, with a local copy in
+    /// `state_dir` (docs/fleet.md).
+    Etcd,
+}
+
+/// How to reach the fleet's etcd (`store = "etcd"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Every key of the desired state is under it.
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_ETCD_PREFIX: &str = "/eip-nat";
 
 impl FileConfig {
     /// Reads `path`; a missing file is an empty config only when it is the
@@ -86,7 +121,15 @@ impl FileConfig {
             token_file,
             routed_prefixes,
             metrics_listen,
-            metrics_top_eips
+            metrics_top_eips,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_ca_file,
+            etcd_cert_file,
+            etcd_key_file,
+            etcd_user,
+            etcd_password_file
         )
     }
 }
@@ -120,6 +163,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Per-EIP series for the N EIPs with the most bytes; 0: every EIP.
     pub metrics_top_eips: usize,
+    /// The fleet's shared store; None: this gateway's own (redb).
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// Per-EIP series a scrape shows by default: the 1,000 EIPs with the most
@@ -150,7 +195,58 @@ impl TryFrom<FileConfig> for AgentConfig {
             routed_prefixes: f.routed_prefixes.unwrap_or_default(),
             metrics_listen: f.metrics_listen,
             metrics_top_eips: f.metrics_top_eips.unwrap_or(DEFAULT_METRICS_TOP_EIPS),
+            etcd: None,
         };
+        let mut cfg = cfg;
+        match f.store.unwrap_or_default() {
+            StoreKind::Redb => {
+                if f.etcd_endpoints.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "etcd_endpoints is set but store is \"redb\": set store = \"etcd\" to share the state"
+                            .into(),
+                    ));
+                }
+            }
+            StoreKind::Etcd => {
+                let endpoints = f.etcd_endpoints.unwrap_or_default();
+                if endpoints.is_empty() {
+                    return Err(ConfigError::Missing(
+                        "etcd_endpoints (with store = \"etcd\")",
+                    ));
+                }
+                let prefix = f
+                    .etcd_prefix
+                    .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into())
+                    .trim_end_matches('/')
+                    .to_string();
+                if prefix.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "etcd_prefix must not be empty: the fleet's keys need a prefix of their own"
+                            .into(),
+                    ));
+                }
+                if f.etcd_cert_file.is_some() != f.etcd_key_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "etcd_cert_file and etcd_key_file go together (a client certificate)"
+                            .into(),
+                    ));
+                }
+                if f.etcd_user.is_some() != f.etcd_password_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "etcd_user and etcd_password_file go together".into(),
+                    ));
+                }
+                cfg.etcd = Some(EtcdConfig {
+                    endpoints,
+                    prefix,
+                    ca_file: f.etcd_ca_file,
+                    cert_file: f.etcd_cert_file,
+                    key_file: f.etcd_key_file,
+                    user: f.etcd_user,
+                    password_file: f.etcd_password_file,
+                });
+            }
+        }
         for p in &cfg.routed_prefixes {
             if p.prefix_len() == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -247,6 +343,28 @@ mod tests {
             let e = AgentConfig::try_from(f).unwrap_err();
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
+        let base = "public_if = \"a\"\nprivate_if = \"b\"\n";
+        for (bad, why) in [
+            ("store = \"etcd\"", "etcd_endpoints"),
+            (
+                "etcd_endpoints = [\"http://127.0.0.1:2379\"]",
+                "store = \"etcd\"",
+            ),
+            (
+                "store = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\netcd_user = \"u\"",
+                "etcd_password_file",
+            ),
+        ] {
+            let f: FileConfig = toml::from_str(&format!("{base}{bad}\n")).unwrap();
+            let e = AgentConfig::try_from(f).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let f: FileConfig = toml::from_str(&format!(
+            "{base}store = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\netcd_prefix = \"/x/\"\n"
+        ))
+        .unwrap();
+        let etcd = AgentConfig::try_from(f).unwrap().etcd.unwrap();
+        assert_eq!((etcd.endpoints.len(), etcd.prefix.as_str()), (1, "/x"));
         let e = toml::from_str::<FileConfig>("routed_prefixes = [\"10.1.2.0/33\"]").unwrap_err();
         assert!(e.to_string().contains("routed_prefixes"), "{e}");
     }

@@ -152,13 +152,19 @@ impl Desired {
                 Ok(())
             }
             Err(e) => {
-                for journal in group.journals.drain(..).rev() {
-                    self.state.undo(journal);
-                }
-                group.generation = self.generation;
+                self.undo(group);
                 Err(e)
             }
         }
+    }
+
+    /// Undoes every accepted write of `group` in memory, newest first: the
+    /// state is as it was before [`Desired::admit`].
+    pub fn undo(&mut self, group: &mut Group) {
+        for journal in group.journals.drain(..).rev() {
+            self.state.undo(journal);
+        }
+        group.generation = self.generation;
     }
 }
 

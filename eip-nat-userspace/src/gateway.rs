@@ -9,6 +9,8 @@
 //! (`writer.rs`); readers use the store's snapshots and the counters
 //! (`reads.rs`), and never wait for it.
 
+mod shared;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -25,7 +27,8 @@ use thiserror::Error;
 use crate::{
     api::{Batch, Generation},
     datapath::{Datapath, DatapathError},
-    desired::{Desired, HostChecks, Write},
+    desired::{Desired, Group, HostChecks, Write},
+    fleet::EtcdError,
     model::{tables, Event, Limits, Location, RuleError, State, Touched},
     nexthops::NextHops,
     public_access,
@@ -65,6 +68,9 @@ pub enum GatewayError {
     },
     #[error("the agent is stopping; the change was not made")]
     Stopped,
+    /// The fleet's shared store (etcd) did not take the change.
+    #[error(transparent)]
+    Etcd(Arc<EtcdError>),
 }
 
 impl From<StoreError> for GatewayError {
@@ -137,6 +143,8 @@ pub struct Gateway {
     status: Arc<Status>,
     /// The open usage periods, as the store holds them (`usage.rs`).
     periods: BTreeMap<Ipv4Addr, Period>,
+    /// The fleet's shared store, if the state is shared (`shared.rs`).
+    shared: Option<shared::Shared>,
 }
 
 /// An error and its sources on one line.
@@ -221,6 +229,7 @@ impl Opening {
             public_accept: None,
             status,
             periods: BTreeMap::new(),
+            shared: None,
         };
         let report = gw
             .reconcile_all()
@@ -416,6 +425,9 @@ impl Gateway {
     /// accepted ones recorded in one store transaction (group commit) and
     /// then applied to the datapath; one outcome per write, in order.
     pub fn write(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
+        if self.shared.is_some() {
+            return self.write_shared(writes);
+        }
         let t0 = std::time::Instant::now();
         let mut host = Host {
             routes: &mut self.routes,
@@ -434,17 +446,21 @@ impl Gateway {
         if let Err(e) = recorded {
             // Memory is back to what the store holds; nothing else changed.
             let e = Arc::new(e);
-            return group
-                .outcomes
-                .into_iter()
-                .map(|o| o.and(Err(GatewayError::Store(Arc::clone(&e)))))
-                .collect();
+            return not_recorded(group, || GatewayError::Store(Arc::clone(&e)));
         }
+        let before = group.generation - group.accepted() as u64;
+        self.apply_group(group, before)
+    }
+
+    /// Applies a recorded group to the datapath (all of it again if the
+    /// datapath was not at `before`, the generation the group was checked
+    /// against); one outcome per write.
+    fn apply_group(&mut self, group: Group, before: u64) -> Vec<Result<Generation, GatewayError>> {
         let generation = group.generation;
         let mut failed = None;
         if group.accepted() > 0 {
+            let t0 = std::time::Instant::now();
             self.status.set_generation(generation);
-            let before = generation - group.accepted() as u64;
             let turnover = usage::turnover(&self.periods, &self.desired.state, &group.touched);
             let applied = if self.applied == before {
                 self.apply_touched(&group.touched, &turnover)
@@ -458,7 +474,7 @@ impl Gateway {
                 .and_then(|()| Ok(self.mark_applied(generation)?))
                 .err()
                 .map(Arc::new);
-            log::debug!("generation {generation} applied after {:?}", t0.elapsed());
+            log::debug!("generation {generation} applied in {:?}", t0.elapsed());
         }
         group
             .outcomes
@@ -702,6 +718,19 @@ impl Gateway {
         self.sync_public_accept(false)?;
         Ok(())
     }
+}
+
+/// The outcomes of a group that was not recorded: each accepted write
+/// fails with `error`, the refused ones keep their refusal.
+fn not_recorded(
+    group: Group,
+    error: impl Fn() -> GatewayError,
+) -> Vec<Result<Generation, GatewayError>> {
+    group
+        .outcomes
+        .into_iter()
+        .map(|o| o.and(Err(error())))
+        .collect()
 }
 
 /// The host's side of an event's checks (see [`HostChecks`]).

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod desired;
+pub mod fleet;
 pub mod gateway;
 pub mod logging;
 pub mod metrics;

@@ -92,6 +92,31 @@ struct AgentArgs {
     /// Per-EIP metrics for the N EIPs with the most bytes (0: all).
     #[arg(long)]
     metrics_top_eips: Option<usize>,
+    /// Where the desired state lives: this gateway's own store, or etcd,
+    /// shared by a fleet (docs/fleet.md).
+    #[arg(long)]
+    store: Option<config::StoreKind>,
+    /// An etcd endpoint, e.g. http://10.0.0.1:2379 (repeat for more).
+    #[arg(long = "etcd-endpoint", value_name = "URL")]
+    etcd_endpoints: Vec<String>,
+    /// The etcd key prefix of the fleet's state (default /eip-nat).
+    #[arg(long)]
+    etcd_prefix: Option<String>,
+    /// TLS: the CA certificate etcd's certificates are checked against.
+    #[arg(long)]
+    etcd_ca_file: Option<PathBuf>,
+    /// TLS: this agent's client certificate (with --etcd-key-file).
+    #[arg(long)]
+    etcd_cert_file: Option<PathBuf>,
+    /// TLS: the key of the client certificate.
+    #[arg(long)]
+    etcd_key_file: Option<PathBuf>,
+    /// etcd authentication: the user (with --etcd-password-file).
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// etcd authentication: a file holding the password.
+    #[arg(long)]
+    etcd_password_file: Option<PathBuf>,
     /// Print the configuration in effect and exit.
     #[arg(long)]
     print_config: bool,
@@ -122,6 +147,14 @@ impl AgentArgs {
                 .then(|| self.routed_prefixes.clone()),
             metrics_listen: self.metrics_listen,
             metrics_top_eips: self.metrics_top_eips,
+            store: self.store,
+            etcd_endpoints: (!self.etcd_endpoints.is_empty()).then(|| self.etcd_endpoints.clone()),
+            etcd_prefix: self.etcd_prefix.clone(),
+            etcd_ca_file: self.etcd_ca_file.clone(),
+            etcd_cert_file: self.etcd_cert_file.clone(),
+            etcd_key_file: self.etcd_key_file.clone(),
+            etcd_user: self.etcd_user.clone(),
+            etcd_password_file: self.etcd_password_file.clone(),
         };
         Ok(AgentConfig::try_from(file.overridden_by(flags))?)
     }

@@ -70,6 +70,10 @@ fn gateway_error(e: GatewayError) -> Response {
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Failed)
         }
         GatewayError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable),
+        GatewayError::Etcd(e) if e.unreachable() => {
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable)
+        }
+        GatewayError::Etcd(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Failed),
     };
     let message = chain(&e);
     if status.is_server_error() {

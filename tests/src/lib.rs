@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod capture;
+pub mod ecmp;
+pub mod etcd;
 pub mod model;
 pub mod netns;
 pub mod packet;

@@ -37,6 +37,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "the Prometheus server the metrics test scrapes the agent with",
     ),
+    (
+        "protobuf-compiler",
+        "protoc: the etcd client's build compiles etcd's API",
+    ),
+    ("etcd-server", "a real etcd cluster for the fleet tests"),
+    (
+        "etcd-client",
+        "etcdctl: the fleet tests' health checks and compaction",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -172,6 +181,21 @@ fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// What the unprivileged lane needs (it builds the agent's crate, whose
+/// etcd client compiles etcd's API with protoc): installed if missing, or
+/// how to install it.
+pub fn protoc() -> Result<()> {
+    let out = output(Command::new("dpkg-query").args([
+        "-W",
+        "-f=${db:Status-Status}",
+        "protobuf-compiler",
+    ]))?;
+    if String::from_utf8_lossy(&out.stdout).trim() == "installed" {
+        return Ok(());
+    }
+    apt_install(&["protobuf-compiler"])
 }
 
 pub fn run() -> Result<()> {

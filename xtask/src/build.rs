@@ -153,7 +153,13 @@ pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result
     cmd::run(&mut c)
 }
 
-pub fn demo() -> Result<()> {
+/// The demo: one gateway, or (`fleet`) two sharing one etcd.
+pub fn demo(fleet: bool) -> Result<()> {
+    let bin = if fleet {
+        "eip-nat-demo-fleet"
+    } else {
+        "eip-nat-demo"
+    };
     cmd::run(
         with_objects(Command::new("cargo").args([
             "run",
@@ -162,7 +168,7 @@ pub fn demo() -> Result<()> {
             "-p",
             "integration-tests",
             "--bin",
-            "eip-nat-demo",
+            bin,
         ]))
         .current_dir(root()),
     )

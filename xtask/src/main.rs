@@ -34,7 +34,11 @@ enum Command {
         unprivileged: bool,
     },
     /// Build, then show translation on a small namespace topology.
-    Demo,
+    Demo {
+        /// Two gateways sharing one etcd instead (docs/fleet.md).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Build, then run N random and mutated packets through the loaded
     /// program and the reference model; prints the seed, which reproduces.
     Fuzz {
@@ -66,7 +70,10 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             build::all()
         }
-        Command::Test { unprivileged: true } => test::run(test::Lanes::Unprivileged),
+        Command::Test { unprivileged: true } => {
+            bootstrap::protoc()?;
+            test::run(test::Lanes::Unprivileged)
+        }
         Command::Test {
             unprivileged: false,
         } => {
@@ -74,10 +81,10 @@ fn main() -> Result<()> {
             build::all()?;
             test::run(test::Lanes::All)
         }
-        Command::Demo => {
+        Command::Demo { fleet } => {
             bootstrap::run()?;
             build::all()?;
-            build::demo()
+            build::demo(fleet)
         }
         Command::Fuzz { packets, seed } => {
             bootstrap::run()?;

@@ -164,6 +164,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "metrics netns tests (a real Prometheus scrapes the agent under traffic; GET /metrics; the log level changed live)",
             vec![root_test("metrics")],
         ),
+        (
+            "fleet netns tests on a real etcd (a change through one gateway on all; racing writers; etcd down and back; restart after a compaction; a member of three failing)",
+            vec![root_test("fleet")],
+        ),
     ]
 }
 

@@ -96,7 +96,7 @@ impl State {
 
     /// Adds what `eni` puts in the indexes: its private IPs, and its
     /// instance if it is a primary ENI.
-    fn index(&mut self, id: &str, eni: &Eni) {
+    pub(super) fn index(&mut self, id: &str, eni: &Eni) {
         for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
             self.private_ips.insert(ip, id.to_string());
         }
@@ -105,7 +105,7 @@ impl State {
         }
     }
 
-    fn unindex(&mut self, eni: &Eni) {
+    pub(super) fn unindex(&mut self, eni: &Eni) {
         for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
             self.private_ips.remove(&ip);
         }

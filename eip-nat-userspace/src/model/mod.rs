@@ -5,6 +5,7 @@
 //! what the datapath and the routing table must hold.
 
 mod journal;
+mod rows;
 mod rules;
 pub mod tables;
 
@@ -17,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use journal::Journal;
+pub use rows::RowChanges;
 pub use rules::RuleError;
 
 /// Names an ENI, e.g. `eni-0a1b2c`.

@@ -371,7 +371,7 @@ fn real_entries(state: &State) -> BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> {
 
 /// What an accepted event reports as touched covers every row and every
 /// address (datapath entry or route) that it changed.
-fn covers(before: &State, after: &State, t: &Touched) -> Result<(), String> {
+pub(super) fn covers(before: &State, after: &State, t: &Touched) -> Result<(), String> {
     let ids: BTreeSet<&String> = before
         .enis()
         .chain(after.enis())
@@ -409,7 +409,7 @@ fn covers(before: &State, after: &State, t: &Touched) -> Result<(), String> {
     Ok(())
 }
 
-const LIMITS: Limits = Limits {
+pub(super) const LIMITS: Limits = Limits {
     max_associations: 6,
     multi_eip_quota: 3,
 };
@@ -456,7 +456,7 @@ fn mode() -> impl Strategy<Value = Mode> {
     ]
 }
 
-fn event() -> impl Strategy<Value = Event> {
+pub(super) fn event() -> impl Strategy<Value = Event> {
     let kind = prop_oneof![Just(EniKind::Primary), Just(EniKind::Secondary)];
     prop_oneof![
         4 => (name("eni-"), kind, addr(), proptest::option::of(name("i-")), location()).prop_map(
