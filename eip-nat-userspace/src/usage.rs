@@ -137,17 +137,15 @@ impl Turnover {
 /// The periods that `touched` (applied to `state`) ended and started,
 /// against the `open` ones.
 pub fn turnover(open: &BTreeMap<Ipv4Addr, Period>, state: &State, touched: &Touched) -> Turnover {
+    // An association that changed, or went, has its row in `touched`; one
+    // whose ENI changed (attached, detached, moved, relocated) is on that
+    // ENI still. Nothing else can end a period, so no scan of them all.
     let mut eips: BTreeSet<Ipv4Addr> = touched.eips.iter().copied().collect();
     for id in &touched.enis {
         if let Some(eni) = state.eni(id) {
             eips.extend(eni.eips.iter().copied());
         }
     }
-    eips.extend(
-        open.values()
-            .filter(|p| touched.enis.contains(&p.carried.eni))
-            .map(|p| p.carried.eip),
-    );
     let mut t = Turnover::default();
     for eip in eips {
         let now = carried(state, eip);
