@@ -462,9 +462,7 @@ impl Start<'_> {
         // Checked: from here on the agent changes the live gateway.
         let datapath = opening.datapath_mut();
         // Associations made while this gateway was down start from zero.
-        for slot in renewed {
-            datapath.reset_eip_counters(slot)?;
-        }
+        datapath.reset_eip_counters(&renewed)?;
         // Keep the generation a previous agent recorded until the reconcile
         // has made it true for this one.
         let previous = datapath.config()?;

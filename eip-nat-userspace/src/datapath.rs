@@ -8,7 +8,7 @@ use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
         Array, DevMap, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray,
-        PerCpuValues, RingBuf,
+        RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -214,6 +214,24 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 
 fn key(addr: Ipv4Addr) -> Ipv4Key {
     addr.octets()
+}
+
+fn batch_err(name: &'static str, call: &'static str, io_error: std::io::Error) -> DatapathError {
+    DatapathError::Map {
+        name,
+        source: MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
+/// Possible CPUs: the number of values of a per-CPU map's element. Read
+/// once; it does not change while the system runs.
+fn cpus() -> Result<usize, DatapathError> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(n) = CPUS.get() {
+        return Ok(*n);
+    }
+    let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+    Ok(*CPUS.get_or_init(|| n))
 }
 
 impl Datapath {
@@ -517,6 +535,28 @@ impl Datapath {
         r.map_err(map_err(names::ADDRESSES))
     }
 
+    /// [`Datapath::put_entry`] for many addresses: the filter's bits, then
+    /// the entries in one batched write, then the removals.
+    pub fn put_entries(
+        &mut self,
+        entries: &[(Ipv4Addr, Option<AddrEntry>)],
+    ) -> Result<(), DatapathError> {
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut values = Vec::with_capacity(entries.len());
+        for (addr, entry) in entries {
+            match entry {
+                Some(e) => {
+                    self.let_through(*addr)?;
+                    keys.push(key(*addr));
+                    values.push(*e);
+                }
+                None => self.put_entry(*addr, None)?,
+            }
+        }
+        crate::map_batch::update(self.addresses.map(), &keys, &values, 1)
+            .map_err(|e| batch_err(names::ADDRESSES, "bpf_map_update_batch", e))
+    }
+
     /// Sets `addr`'s /16 in `ADDRESS_FILTER`.
     fn let_through(&mut self, addr: Ipv4Addr) -> Result<(), DatapathError> {
         if self.filter_words.is_empty() {
@@ -615,14 +655,11 @@ impl Datapath {
         self.trace_events.take()
     }
 
-    /// Zeroes the counters in `slot`, for a new association.
-    pub fn reset_eip_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
-        let zero = PerCpuValues::try_from(vec![EipCounters::default(); cpus])
-            .map_err(DatapathError::Cpus)?;
-        self.eip_counters
-            .set(slot, zero, 0)
-            .map_err(map_err(names::EIP_COUNTERS))
+    /// Zeroes the counters in `slots`, for new associations.
+    pub fn reset_eip_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        let zeroes = vec![EipCounters::default(); slots.len() * cpus()?];
+        crate::map_batch::update(self.eip_counters.map(), slots, &zeroes, cpus()?)
+            .map_err(|e| batch_err(names::EIP_COUNTERS, "bpf_map_update_batch", e))
     }
 
     /// The configuration in the map (a pinned map keeps the last agent's).
@@ -693,70 +730,40 @@ impl Counters {
     /// [`Counters::eip`] takes one per slot. `None` if the kernel has no
     /// batch lookup for this map.
     pub fn all_eips(&self) -> Result<Option<Vec<EipCounters>>, DatapathError> {
-        /// `enum bpf_cmd` (include/uapi/linux/bpf.h).
-        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
         const CHUNK: usize = 4096;
-        let err = |e: std::io::Error| DatapathError::Map {
-            name: names::EIP_COUNTERS,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            }),
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
-        let slots = self.eips.len() as usize;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&IterableMap::map(&self.eips).fd().as_fd());
-        let mut out = vec![EipCounters::default(); slots];
+        let cpus = cpus()?;
+        let mut out = vec![EipCounters::default(); self.eips.len() as usize];
         let mut keys = vec![0u32; CHUNK];
-        // A per-CPU value is one 8-byte-aligned value per possible CPU;
-        // EipCounters is 32 bytes, so they follow each other.
         let mut values = vec![EipCounters::default(); CHUNK * cpus];
-        let mut in_batch: Option<u32> = None;
-        let mut out_batch = 0u32;
+        let mut from = None;
         loop {
-            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys, values
-            // (pointers), count and map_fd (u32 each), elem_flags, flags.
-            let mut attr = [0u64; 7];
-            attr[0] = in_batch.as_ref().map_or(0, |k| k as *const u32 as u64);
-            attr[1] = &mut out_batch as *mut u32 as u64;
-            attr[2] = keys.as_mut_ptr() as u64;
-            attr[3] = values.as_mut_ptr() as u64;
-            attr[4] = (CHUNK as u64) | ((fd as u32 as u64) << 32);
-            // SAFETY: `attr` is a valid `batch` for this command; every
-            // pointer in it is valid for what the kernel writes: CHUNK keys,
-            // CHUNK per-CPU values, one key in out_batch; nothing is kept.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    attr.as_mut_ptr(),
-                    std::mem::size_of_val(&attr),
-                )
-            };
-            let end = if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::ENOENT) => true,
+            let (count, next) =
+                match crate::map_batch::lookup(self.eips.map(), from, &mut keys, &mut values, cpus)
+                {
+                    Ok(read) => read,
                     // ENOTSUPP (524), the kernel's own, is in no libc.
-                    Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if in_batch.is_none() => {
+                    Err(e)
+                        if from.is_none()
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                            ) =>
+                    {
                         return Ok(None)
                     }
-                    _ => return Err(err(e)),
-                }
-            } else {
-                false
-            };
-            // The kernel wrote back how many it copied.
-            let count = (attr[4] & 0xffff_ffff) as usize;
+                    Err(e) => {
+                        return Err(batch_err(names::EIP_COUNTERS, "bpf_map_lookup_batch", e))
+                    }
+                };
             for (key, per_cpu) in keys[..count].iter().zip(values.chunks(cpus)) {
                 if let Some(sum) = out.get_mut(*key as usize) {
                     per_cpu.iter().for_each(|c| *sum += *c);
                 }
             }
-            if end || count == 0 {
-                return Ok(Some(out));
+            match next {
+                Some(k) if count > 0 => from = Some(k),
+                _ => return Ok(Some(out)),
             }
-            in_batch = Some(out_batch);
         }
     }
 

@@ -350,13 +350,18 @@ impl Gateway {
             }
             r.entries_removed += 1;
         }
-        for (addr, entry) in &desired {
-            if current.get(addr) != Some(entry) {
-                self.datapath.put_entry(*addr, Some(*entry))?;
-                r.entries_written += 1;
-            }
-            self.status.step();
+        let changed: Vec<(Ipv4Addr, Option<AddrEntry>)> = desired
+            .iter()
+            .filter(|(addr, entry)| current.get(addr) != Some(entry))
+            .map(|(addr, entry)| (*addr, Some(*entry)))
+            .collect();
+        // In chunks, so that the progress /v1/generation shows moves.
+        for chunk in changed.chunks(65_536) {
+            self.datapath.put_entries(chunk)?;
+            self.status.steps(chunk.len());
         }
+        r.entries_written = changed.len();
+        self.status.steps(desired.len() - changed.len());
         if let Some(nh) = &mut self.nexthops {
             nh.settle(&mut self.datapath)?;
         }
@@ -508,11 +513,13 @@ impl Gateway {
         // this time; one that follows another on its slot starts from the
         // reading that ends the other (`usage.rs`).
         let ending = turnover.ending_slots();
-        for c in &turnover.started {
-            if !ending.contains(&c.slot) {
-                self.datapath.reset_eip_counters(c.slot)?;
-            }
-        }
+        let fresh: Vec<u32> = turnover
+            .started
+            .iter()
+            .map(|c| c.slot)
+            .filter(|slot| !ending.contains(slot))
+            .collect();
+        self.datapath.reset_eip_counters(&fresh)?;
         // Routes first, each taken into the next hops as soon as the
         // kernel has it: an entry written below already forwards to where
         // the ENI is now.
@@ -548,10 +555,11 @@ impl Gateway {
         }
         let addresses: std::collections::BTreeSet<Ipv4Addr> =
             touched.addresses.iter().chain(&rebind).copied().collect();
-        for addr in &addresses {
-            let entry = self.entry(*addr)?;
-            self.datapath.put_entry(*addr, entry)?;
-        }
+        let entries = addresses
+            .iter()
+            .map(|addr| Ok((*addr, self.entry(*addr)?)))
+            .collect::<Result<Vec<_>, DatapathError>>()?;
+        self.datapath.put_entries(&entries)?;
         if let Some(nh) = &mut self.nexthops {
             nh.settle(&mut self.datapath)?;
         }

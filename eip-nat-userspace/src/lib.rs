@@ -12,6 +12,7 @@ pub mod desired;
 pub mod fleet;
 pub mod gateway;
 pub mod logging;
+mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -81,7 +81,11 @@ impl Status {
 
     /// One step of the phase done.
     pub fn step(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        self.steps(1);
+    }
+
+    pub fn steps(&self, n: usize) {
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Not reconciling (any more): the datapath follows each write.

@@ -94,6 +94,8 @@ pub struct Store {
     db: Arc<Database>,
     /// Held (flock) while the store is open: one agent per state directory.
     _lock: Option<std::fs::File>,
+    /// A usage commit since the last durable one (see [`Store::record_usage`]).
+    usage_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -148,6 +150,7 @@ impl Store {
         Ok(Self {
             db: Arc::new(db),
             _lock: None,
+            usage_pending: Default::default(),
         })
     }
 
@@ -165,13 +168,25 @@ impl Store {
 
     /// Records periods that ended, and opens (or replaces) and closes
     /// periods, in one transaction.
+    ///
+    /// Without an fsync of its own (redb's `Durability::None`): readers see
+    /// it at once, and the next change's commit, which comes before that
+    /// change touches the datapath, makes it durable with that change, so
+    /// a change costs one fsync, not two. If the agent dies before, the
+    /// store still holds the ended period as open while its association is
+    /// gone; the next start ends it from the counters, which no change has
+    /// reset in between (`Gateway::open_periods`): the record is kept, only
+    /// its end time is later. A clean stop writes it at once (`Drop`).
     pub fn record_usage(
         &self,
         ended: &[UsageRecord],
         opened: &[Period],
         closed: &[Ipv4Addr],
     ) -> Result<(), StoreError> {
-        let tx = db!(self.db.begin_write())?;
+        let mut tx = db!(self.db.begin_write())?;
+        tx.set_durability(redb::Durability::None);
+        self.usage_pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         {
             let mut usage = db!(tx.open_table(USAGE))?;
             for r in ended {
@@ -217,6 +232,8 @@ impl Store {
         generation: u64,
     ) -> Result<(), StoreError> {
         let tx = db!(self.db.begin_write())?;
+        self.usage_pending
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         {
             let mut enis = db!(tx.open_table(ENIS))?;
             for id in &touched.enis {
@@ -246,6 +263,19 @@ impl Store {
         }
         db!(tx.commit())?;
         Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// Makes a usage commit that no change has followed durable.
+    fn drop(&mut self) {
+        if !*self.usage_pending.get_mut() {
+            return;
+        }
+        let flushed = db!(self.db.begin_write()).and_then(|tx| db!(tx.commit()));
+        if let Err(e) = flushed {
+            log::error!("writing the last usage records durably: {e}");
+        }
     }
 }
 
