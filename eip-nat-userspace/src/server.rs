@@ -175,6 +175,11 @@ async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response 
     read_json(move || api.reads.stats(query.eip)).await
 }
 
+/// `GET /v1/top`: read on a blocking thread (it ranks every association).
+async fn top(State(api): State<Shared>, query: Query<crate::api::TopQuery>) -> Response {
+    read_json(move || api.reads.top(&query)).await
+}
+
 #[derive(serde::Deserialize)]
 struct UsageQuery {
     /// Unix time, seconds: records of periods that ended since.
@@ -313,6 +318,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/generation", get(generation))
         .route("/v1/stats", get(stats))
+        .route("/v1/top", get(top))
         .route("/v1/trace", get(trace))
         .route("/v1/usage", get(usage))
         .route("/v1/events", post(event))
