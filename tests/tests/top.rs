@@ -205,3 +205,131 @@ fn top_of_100_000_associations() {
         "a top of {N} associations took {best:?}"
     );
 }
+
+/// A tmux server of the test's own (its own socket) with one window
+/// running a command; killed when dropped, on failure too.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let tmux = Self {
+            socket: format!("eip-nat-top-{}", std::process::id()),
+        };
+        let ok = tmux
+            .run(&[
+                "new-session",
+                "-d",
+                "-s",
+                "top",
+                "-x",
+                "120",
+                "-y",
+                "20",
+                command,
+            ])
+            .status
+            .success();
+        assert!(
+            ok,
+            "tmux new-session: is tmux installed (cargo xtask test installs it)?"
+        );
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    /// Sends keys, as tmux names them (`s`, `Enter`, `Escape`), or text
+    /// with `-l`.
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "top"];
+        args.extend_from_slice(keys);
+        assert!(self.run(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Waits until the screen shows what `ready` wants; returns it.
+    fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "waiting for {what}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// The live view in a real terminal (tmux): `s` sorts by the next
+/// column, `/` types a filter that the screen follows, Enter keeps it; an
+/// agent that goes away is an error line, not an exit; `q` quits with
+/// status 0 and leaves the terminal as it was (the alternate screen left).
+#[test]
+fn the_live_view_takes_its_keys_and_restores_the_terminal() {
+    require_root();
+    let t = Topology::new();
+    let agent = Agent::on(&t, &[]);
+    agent.nat(&t.eip.to_string(), &t.instance.addr.to_string());
+    agent.nat(QUIET, "10.200.0.11");
+    let command = format!(
+        "echo before top; {} --socket {} top --interval 300ms; echo top exited $?; sleep 60",
+        integration_tests::agent::binary().display(),
+        agent.socket.display()
+    );
+    let tmux = Tmux::start(&command);
+    let busy = t.eip.to_string();
+    let shown = |s: &str, eip: &str| row(s, eip).is_some();
+    tmux.wait_for("the first screen", |s| {
+        s.contains("sort: total bit/s") && shown(s, &busy) && shown(s, QUIET)
+    });
+    tmux.keys(&["s"]);
+    tmux.wait_for("the next sort column", |s| s.contains("sort: in bit/s"));
+    tmux.keys(&["/"]);
+    tmux.wait_for("the filter prompt", |s| {
+        s.contains("(Enter applies, Esc cancels)")
+    });
+    tmux.keys(&["-l", "113.11"]);
+    tmux.wait_for("the rows the typed filter matches", |s| {
+        shown(s, QUIET) && !shown(s, &busy)
+    });
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the filter kept, from the agent", |s| {
+        s.contains("filter: \"113.11\"") && s.contains("EIPs: 1 shown, 1 matched of 2")
+    });
+
+    // The agent goes: the view says so and stays.
+    assert!(agent.stop().success());
+    tmux.wait_for("the error line", |s| {
+        s.contains("error: cannot reach the agent")
+    });
+
+    tmux.keys(&["q"]);
+    let after = tmux.wait_for("top to exit", |s| s.contains("top exited"));
+    assert!(after.contains("top exited 0"), "{after}");
+    assert!(
+        after.contains("before top"),
+        "the terminal as it was:\n{after}"
+    );
+    assert!(
+        !after.contains("eip-nat top ·"),
+        "the view is gone:\n{after}"
+    );
+}

@@ -165,7 +165,7 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             vec![root_test("metrics")],
         ),
         (
-            "top netns test (`eip-nat top --once` under real traffic: per-EIP packets and bits per second both ways, zero without traffic, a drop rate, the filter)",
+            "top netns tests (`eip-nat top --once` under real traffic: per-EIP packets and bits per second both ways, zero without traffic, a drop rate, the filter; the live view's keys in tmux; /v1/top at 100,000 associations)",
             vec![root_test("top")],
         ),
         (
