@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Query, Request, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        DefaultBodyLimit, Query, Request, State,
+    },
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -176,8 +179,18 @@ async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response 
 }
 
 /// `GET /v1/top`: read on a blocking thread (it ranks every association).
-async fn top(State(api): State<Shared>, query: Query<crate::api::TopQuery>) -> Response {
-    read_json(move || api.reads.top(&query)).await
+async fn top(
+    State(api): State<Shared>,
+    query: Result<Query<crate::api::TopQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => read_json(move || api.reads.top(&query)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Malformed,
+            format!("malformed query: {}", e.body_text()),
+        ),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -159,6 +159,15 @@ fn top_shows_the_rates_of_real_traffic() {
         "{screen}"
     );
 
+    // A query the endpoint does not take is refused as the API refuses.
+    let (status, body) = agent
+        .client()
+        .request(hyper::Method::GET, "/v1/top?sort=sideways", None)
+        .unwrap();
+    assert_eq!(status, 400);
+    let e: eip_nat::api::ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e.error.kind, eip_nat::api::ErrorKind::Malformed, "{e:?}");
+
     // --filter: only the quiet EIP's row.
     assert!(row(&filtered, QUIET).is_some(), "{filtered}");
     assert!(row(&filtered, &t.eip.to_string()).is_none(), "{filtered}");
