@@ -284,11 +284,7 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         store.generation()?,
         datapath.config()?.generation,
     ));
-    let reads = Reads {
-        store: store.reader(),
-        counters: datapath.counters(),
-        status: Arc::clone(&status),
-    };
+    let reads = Reads::new(store.reader(), datapath.counters(), Arc::clone(&status));
     let metrics = Arc::new(Metrics::new(
         reads.clone(),
         metrics::Options {

@@ -172,6 +172,60 @@ pub struct EipStat {
     pub out_bytes: u64,
 }
 
+/// `GET /v1/top`: the EIPs with the largest counters, and what a live
+/// view shows beside them, read together. Rates are the differences of
+/// two answers divided by the difference of their `read_ns`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Top {
+    /// When the counters were read: the agent host's monotonic clock, in
+    /// ns (only differences between two answers mean anything).
+    pub read_ns: u64,
+    pub generation: Generation,
+    /// Every (direction, verdict) counter.
+    pub verdicts: Vec<VerdictStat>,
+    /// Associations in the committed state.
+    pub associations: u64,
+    /// Associations `filter` matched (all without one).
+    pub matched: u64,
+    /// The `n` matched EIPs with the largest counters (`sort`, in + out),
+    /// largest first. Their counters are their slot's since the
+    /// association began (as in `/metrics`), not since the usage period
+    /// began (as in `/v1/stats`); differences are the same.
+    pub eips: Vec<EipStat>,
+}
+
+/// `GET /v1/top`'s query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopQuery {
+    /// How many EIPs (default 100, at most [`TopQuery::MAX_N`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub sort: TopSort,
+    /// Only EIPs whose address or ENI contains this text (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+impl TopQuery {
+    pub const DEFAULT_N: usize = 100;
+    pub const MAX_N: usize = 10_000;
+
+    pub fn n(&self) -> usize {
+        self.n.unwrap_or(Self::DEFAULT_N).clamp(1, Self::MAX_N)
+    }
+}
+
+/// What `/v1/top` ranks the EIPs by: their bytes or their packets, in +
+/// out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopSort {
+    #[default]
+    Bytes,
+    Packets,
+}
+
 impl Stats {
     /// The counter of a direction and a verdict, by their names.
     pub fn verdict(&self, direction: &str, verdict: &str) -> Option<&VerdictStat> {
@@ -256,6 +310,7 @@ mod tests {
         g.subschema_for::<StateView>();
         g.subschema_for::<Stats>();
         g.subschema_for::<LogLevel>();
+        g.subschema_for::<Top>();
         g.take_definitions(true).into()
     }
 

@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 use crate::{
-    api::{ApiError, Batch, ErrorBody, Generation, LogLevel, StateView, Stats},
+    api::{ApiError, Batch, ErrorBody, Generation, LogLevel, StateView, Stats, Top, TopQuery},
     model::Event,
 };
 
@@ -248,6 +248,13 @@ impl Client {
     pub fn stats_of(&self, eip: std::net::Ipv4Addr) -> Result<Stats, ClientError> {
         let path = format!("/v1/stats?eip={eip}");
         self.blocking(self.call(Method::GET, &path, None::<&()>))
+    }
+
+    /// `GET /v1/top`: the EIPs with the largest counters, the verdict
+    /// counters and the generations, read together.
+    pub fn top(&self, query: &TopQuery) -> Result<Top, ClientError> {
+        let query = serde_urlencoded::to_string(query).expect("a query encodes");
+        self.blocking(self.call(Method::GET, &format!("/v1/top?{query}"), None::<&()>))
     }
 
     /// The agent's log filter.

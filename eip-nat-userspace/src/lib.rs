@@ -25,6 +25,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod sysctl;
+pub mod top;
 pub mod trace;
 pub mod tracer;
 pub mod usage;

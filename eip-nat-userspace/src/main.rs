@@ -207,6 +207,72 @@ enum Command {
     LogLevel { level: Option<String> },
     /// Print the metrics, as Prometheus scrapes them.
     Metrics,
+    /// A live view: packets and bits per second per EIP, in and out, drops
+    /// by verdict, the generation lag. Keys: `s` sorts by the next column,
+    /// `/` types a filter (on the EIP or the ENI), `q` or Esc quits.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TopArgs {
+    /// Time between samples: `1s`, `500ms`, `2m`, or seconds.
+    #[arg(long, default_value = "1s", value_parser = interval)]
+    interval: std::time::Duration,
+    /// Only EIPs whose address or ENI contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// The column to sort by.
+    #[arg(long, value_enum, default_value_t)]
+    sort: eip_nat::top::view::SortKey,
+    /// EIPs the agent sends each time: the ones with the largest counters
+    /// (bytes, or packets when sorting by packets).
+    #[arg(long, default_value_t = eip_nat::api::TopQuery::DEFAULT_N)]
+    limit: usize,
+    /// Print one screen, two samples an interval apart, as text, and exit.
+    #[arg(long)]
+    once: bool,
+    /// With --once: the screen's width.
+    #[arg(long, default_value_t = 120)]
+    width: u16,
+    /// With --once: the screen's height (default: as high as its rows).
+    #[arg(long)]
+    height: Option<u16>,
+}
+
+/// `--interval`: a number and `ms`, `s` or `m`, or seconds.
+fn interval(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and ms, s or m"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: the unit is ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?}: a positive time"))
+}
+
+fn top(client: &Client, args: &TopArgs) -> Result<()> {
+    let options = eip_nat::top::screen::Options {
+        interval: args.interval,
+        n: args.limit,
+    };
+    let view = eip_nat::top::view::View {
+        sort: args.sort,
+        filter: args.filter.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if args.once {
+        let screen = eip_nat::top::screen::once(client, &options, &view, args.width, args.height)?;
+        print!("{screen}");
+        return Ok(());
+    }
+    eip_nat::top::screen::live(client, &options, view)
 }
 
 /// `--since`: a Unix time in seconds, or a time ago.
@@ -541,6 +607,7 @@ fn main() -> Result<ExitCode> {
             }
         }
         Command::Metrics => print!("{}", client.metrics()?),
+        Command::Top(args) => top(&client, &args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -707,6 +774,11 @@ mod tests {
             let argv = std::iter::once("eip-nat").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} was taken");
         }
+        assert_eq!(interval("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert_eq!(interval("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(interval("1.5"), Ok(std::time::Duration::from_millis(1500)));
+        assert_eq!(interval("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert!(interval("0s").is_err() && interval("1h").is_err() && interval("x").is_err());
         assert!(matches!(
             Cli::try_parse_from(["eip-nat", "agent", "--xdp-mode", "generic"])
                 .unwrap()

@@ -7,7 +7,7 @@
 //! scrape time, by a [`Collector`]. Only the histograms (reconcile time,
 //! API request time) are kept here, as they are observed.
 
-use std::{cmp::Reverse, fmt, sync::Arc, time::Instant};
+use std::{fmt, sync::Arc, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -181,35 +181,20 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) ->
 
 impl Scrape {
     /// Every association with its counters; the `top_eips` with the most
-    /// bytes only, when that is set.
+    /// bytes only, when that is set. Ordered by EIP.
     fn eips(&self) -> Result<(usize, Vec<(Association, EipCounters)>), String> {
-        let (_, associations) = self.reads.store.associations().map_err(|e| e.to_string())?;
-        let total = associations.len();
-        let counters = &self.reads.counters;
-        // Many associations: every slot in batches (a few system calls per
-        // 4,096 slots); few: one lookup each.
-        let all = if total > (counters.eip_slots() / 64) as usize {
-            counters.all_eips().map_err(|e| e.to_string())?
-        } else {
-            None
-        };
-        let mut eips = Vec::with_capacity(total);
-        for a in associations {
-            let c = match all.as_ref().and_then(|all| all.get(a.slot as usize)) {
-                Some(c) => *c,
-                None => counters.eip(a.slot).map_err(|e| e.to_string())?,
-            };
-            eips.push((a, c));
-        }
-        let top = self.options.top_eips;
-        if top > 0 && eips.len() > top {
-            eips.select_nth_unstable_by_key(top - 1, |(_, c)| {
-                Reverse(c.in_bytes.saturating_add(c.out_bytes))
-            });
-            eips.truncate(top);
-        }
+        let carried = self.reads.carried().map_err(|e| e.to_string())?;
+        let top = carried.top(
+            self.options.top_eips,
+            |c| c.in_bytes.saturating_add(c.out_bytes),
+            |_| true,
+        );
+        let mut eips: Vec<_> = top
+            .into_iter()
+            .map(|i| (carried.associations[i].clone(), carried.counters[i]))
+            .collect();
         eips.sort_unstable_by_key(|(a, _)| a.eip);
-        Ok((total, eips))
+        Ok((carried.associations.len(), eips))
     }
 }
 

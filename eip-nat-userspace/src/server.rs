@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Query, Request, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        DefaultBodyLimit, Query, Request, State,
+    },
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -175,6 +178,21 @@ async fn stats(State(api): State<Shared>, query: Query<StatsQuery>) -> Response 
     read_json(move || api.reads.stats(query.eip)).await
 }
 
+/// `GET /v1/top`: read on a blocking thread (it ranks every association).
+async fn top(
+    State(api): State<Shared>,
+    query: Result<Query<crate::api::TopQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => read_json(move || api.reads.top(&query)).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Malformed,
+            format!("malformed query: {}", e.body_text()),
+        ),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct UsageQuery {
     /// Unix time, seconds: records of periods that ended since.
@@ -313,6 +331,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/generation", get(generation))
         .route("/v1/stats", get(stats))
+        .route("/v1/top", get(top))
         .route("/v1/trace", get(trace))
         .route("/v1/usage", get(usage))
         .route("/v1/events", post(event))

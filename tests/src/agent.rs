@@ -120,6 +120,22 @@ impl Agent {
         )
     }
 
+    /// [`Agent::on`] a topology, holding `n` associations of detached
+    /// ENIs ([`crate::detached_nat_pairs`]) loaded in one batch, in
+    /// counter slots for the next power of two.
+    pub fn with_associations(t: &impl crate::netns::WithGateway, n: u32) -> Self {
+        let slots = n.next_power_of_two().to_string();
+        let agent = Self::on(t, &["--max-associations", &slots]);
+        agent
+            .client()
+            .batch(&eip_nat::api::Batch {
+                events: crate::detached_nat_pairs(n),
+                if_generation: None,
+            })
+            .unwrap();
+        agent
+    }
+
     /// Starts an agent in `home`, which an earlier agent may have used:
     /// its store, and its pinned datapath if it left one; returns once it
     /// has reconciled and attached (its API answers before that).

@@ -83,3 +83,30 @@ pub fn in_memory_gateway(
     let store = eip_nat::store::Store::in_memory()?;
     Ok(eip_nat::gateway::Gateway::open(store, datapath, None, limits)?.0)
 }
+
+/// `n` detached secondary ENIs with an EIP each (NAT), as events: a large
+/// gateway's state, loaded in one batch.
+pub fn detached_nat_pairs(n: u32) -> Vec<eip_nat::model::Event> {
+    use eip_nat::model::{EniKind, Event, Location, Mode};
+    use std::net::Ipv4Addr;
+    (0..n)
+        .flat_map(|k| {
+            let eni = format!("eni-many-{k}");
+            [
+                Event::CreateEni {
+                    eni: eni.clone(),
+                    kind: EniKind::Secondary,
+                    primary_ip: Ipv4Addr::from(0x0a40_0000 + k),
+                    instance: None,
+                    location: Location::default(),
+                },
+                Event::Associate {
+                    eip: Ipv4Addr::from(0x0b00_0000 + k),
+                    eni,
+                    private_ip: None,
+                    mode: Mode::Nat,
+                },
+            ]
+        })
+        .collect()
+}

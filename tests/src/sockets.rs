@@ -3,7 +3,8 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use crate::netns::in_netns;
@@ -39,6 +40,26 @@ pub fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, Soc
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Sends 64-byte UDP datagrams from `client` to `to` at about `per_sec`
+/// (catching up after a late wake-up) until `stop`; counts them in `sent`.
+pub fn send_at_rate(
+    client: &UdpSocket,
+    to: SocketAddrV4,
+    per_sec: u64,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        client.send_to(&[7u8; 64], to).unwrap();
+        let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let due = started + Duration::from_micros(n * 1_000_000 / per_sec);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
     }
 }

@@ -14,15 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eip_nat::{
-    api::Batch,
-    model::{EniKind, Event, Location, Mode},
-};
 use integration_tests::{
     agent::Agent,
     netns::{in_netns, spawn_in, Topology},
     require_root,
-    sockets::{sa, udp_socket},
+    sockets::{sa, send_at_rate, udp_socket},
 };
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -254,26 +250,6 @@ fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
     found.first().map(|(_, _, v)| *v)
 }
 
-/// Sends UDP datagrams from `client` to `eip` at about `per_sec` until
-/// `stop`; counts them in `sent`.
-fn send_udp(
-    client: &std::net::UdpSocket,
-    eip: Ipv4Addr,
-    per_sec: u64,
-    stop: &AtomicBool,
-    sent: &AtomicU64,
-) {
-    let started = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        client.send_to(&[7u8; 64], sa(eip, 7000)).unwrap();
-        let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
-        let due = started + Duration::from_micros(n * 1_000_000 / per_sec);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-}
-
 /// Prometheus scrapes the agent's `metrics_listen` while UDP flows to an
 /// EIP at a known rate; PromQL's `rate()` over the EIP's inbound packets
 /// is that rate. The socket's `GET /metrics` has every family, the EIP's
@@ -322,7 +298,7 @@ fn prometheus_scrapes_the_rate_of_an_eip() {
     let per_sec = 200;
     let window = 5;
     let (measured, expected) = std::thread::scope(|s| {
-        s.spawn(|| send_udp(&client, eip, per_sec, &stop, &sent));
+        s.spawn(|| send_at_rate(&client, sa(eip, 7000), per_sec, &stop, &sent));
         let started = Instant::now();
         // Enough scrapes inside the window, all under traffic.
         std::thread::sleep(Duration::from_secs(window + 4));
@@ -503,30 +479,6 @@ fn the_log_level_changes_while_the_agent_runs() {
     assert_eq!(debug_lines(&agent), 1, "{}", agent.log_text());
 }
 
-/// `n` detached secondary ENIs with an EIP each (NAT), as events.
-fn many(n: u32) -> Vec<Event> {
-    (0..n)
-        .flat_map(|k| {
-            let eni = format!("eni-many-{k}");
-            [
-                Event::CreateEni {
-                    eni: eni.clone(),
-                    kind: EniKind::Secondary,
-                    primary_ip: Ipv4Addr::from(0x0a40_0000 + k),
-                    instance: None,
-                    location: Location::default(),
-                },
-                Event::Associate {
-                    eip: Ipv4Addr::from(0x0b00_0000 + k),
-                    eni,
-                    private_ip: None,
-                    mode: Mode::Nat,
-                },
-            ]
-        })
-        .collect()
-}
-
 /// A scrape of 100,000 associations: its time (printed; docs/operating.md
 /// quotes it), with the default top 1,000 EIPs exported and every
 /// association counted; `/v1/stats`, one lookup per association, beside it.
@@ -535,13 +487,8 @@ fn a_scrape_of_100_000_associations() {
     require_root();
     const N: u32 = 100_000;
     let t = Topology::new();
-    let agent = Agent::on(&t, &["--max-associations", "131072"]);
+    let agent = Agent::with_associations(&t, N);
     let api = agent.client();
-    api.batch(&Batch {
-        events: many(N),
-        if_generation: None,
-    })
-    .unwrap();
     let mut scrapes = Vec::new();
     let mut text = String::new();
     for _ in 0..3 {

@@ -38,6 +38,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the Prometheus server the metrics test scrapes the agent with",
     ),
     (
+        "tmux",
+        "a terminal for the top test: keys sent to the live view, screens read back",
+    ),
+    (
         "protobuf-compiler",
         "protoc: the etcd client's build compiles etcd's API",
     ),

@@ -165,6 +165,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             vec![root_test("metrics")],
         ),
         (
+            "top netns tests (`eip-nat top --once` under real traffic: per-EIP packets and bits per second both ways, zero without traffic, a drop rate, the filter; the live view's keys in tmux; /v1/top at 100,000 associations)",
+            vec![root_test("top")],
+        ),
+        (
             "fleet netns tests on a real etcd (a change through one gateway on all; racing writers; etcd down and back; restart after a compaction; a member of three failing)",
             vec![root_test("fleet")],
         ),
