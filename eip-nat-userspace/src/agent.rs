@@ -333,6 +333,7 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         log,
     };
     let monitor = monitor.follow(writer.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let role = match (&cfg.standby, &cfg.etcd, &etcd, arp) {
         (Some(standby), Some(etcd_cfg), Some(etcd), Some((arp, mac))) => {
             Some(crate::standby::Role {
@@ -344,6 +345,7 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
                 arp,
                 public_ifindex: public,
                 mac,
+                stop: stop_rx.clone(),
             })
         }
         _ => None,
@@ -358,7 +360,6 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         ))
     });
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -424,10 +425,15 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
                     _ = sigint.recv() => {},
                     _ = sigterm.recv() => {},
                 }
-                // Its lease runs out by itself, and the datapath stops
-                // answering ARP with it.
+                // An active gateway hands over before the writer goes.
                 if let Some(role) = role {
-                    role.abort();
+                    let _ = stop_tx.send(true);
+                    if tokio::time::timeout(std::time::Duration::from_secs(3), role)
+                        .await
+                        .is_err()
+                    {
+                        log::warn!("stopping: the active/standby role did not finish in 3 s");
+                    }
                 }
                 None
             }

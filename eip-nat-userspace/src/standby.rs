@@ -61,6 +61,8 @@ pub struct Role {
     pub arp: Array<MapData, ArpConfig>,
     pub public_ifindex: u32,
     pub mac: [u8; 6],
+    /// Set when the agent stops: an active one hands over at once.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The leadership key of `group` under the fleet's `prefix`.
@@ -124,18 +126,28 @@ impl Role {
         }
     }
 
-    /// Runs for as long as the agent does.
+    /// Runs until the agent stops.
     pub async fn run(mut self) {
         self.answer_until(None);
         self.publish("candidate", None);
-        loop {
-            match self.campaign().await {
+        let mut stop = self.stop.clone();
+        while !*stop.borrow() {
+            let campaign = tokio::select! {
+                c = self.campaign() => c,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match campaign {
                 Ok(Campaign::Won(lease, granted)) => {
-                    self.lead(lease, granted).await;
-                    // Lost: nobody known to lead until etcd says so.
+                    let stopped = self.lead(lease, granted).await;
+                    // Lost or given up: nobody known to lead until etcd
+                    // says so.
                     self.answer_until(None);
                     self.set_flags(0).await;
                     self.publish("candidate", None);
+                    if stopped {
+                        self.resign(lease).await;
+                        return;
+                    }
                 }
                 Ok(Campaign::Lost(leader, revision)) => {
                     self.set_flags(FLAG_STANDBY).await;
@@ -144,7 +156,11 @@ impl Role {
                         self.cfg.group
                     );
                     self.publish("standby", Some(leader));
-                    if let Err(e) = self.wait_for_vacancy(revision).await {
+                    let vacant = tokio::select! {
+                        v = self.wait_for_vacancy(revision) => v,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    if let Err(e) = vacant {
                         // Stays a standby (what it last knew) until etcd
                         // answers again.
                         log::warn!("following the group's leader: {e}");
@@ -156,6 +172,20 @@ impl Role {
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+    }
+
+    /// The agent stops: gives the lease up, so that a standby takes over
+    /// now rather than when it would have run out. The datapath already
+    /// answers no ARP (a restarted agent campaigns like any other).
+    async fn resign(&self, lease: i64) {
+        let revoked = async {
+            let mut client = self.etcd.client().await?;
+            timeout(self.ttl(), client.lease_revoke(lease)).await
+        };
+        match revoked.await {
+            Ok(_) => log::info!("stopping: gave up the group's lease, a standby takes over"),
+            Err(e) => log::warn!("stopping: {e}; the group's lease runs out by itself"),
         }
     }
 
@@ -241,8 +271,9 @@ impl Role {
     }
 
     /// The active gateway: answers ARP, announces the EIPs, and renews the
-    /// lease until it cannot; returns when the lease is lost (or may be).
-    async fn lead(&mut self, lease: i64, granted: Instant) {
+    /// lease until it cannot; returns when the lease is lost (or may be),
+    /// or (true) when the agent stops.
+    async fn lead(&mut self, lease: i64, granted: Instant) -> bool {
         let ttl = self.ttl();
         let mut valid_until = granted + ttl;
         self.answer_until(Some(valid_until));
@@ -253,8 +284,12 @@ impl Role {
         );
         self.publish("active", Some(self.cfg.node.clone()));
         self.spawn_announcements();
+        let mut stop = self.stop.clone();
         loop {
-            tokio::time::sleep(ttl / 3).await;
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = stop.wait_for(|s| *s) => return true,
+            }
             let sent = Instant::now();
             match self.renew(lease, valid_until).await {
                 Ok(true) => {
@@ -263,11 +298,11 @@ impl Role {
                 }
                 Ok(false) => {
                     log::warn!("the group's lease ran out: stepping down");
-                    return;
+                    return false;
                 }
                 Err(e) if Instant::now() + ttl / 3 >= valid_until => {
                     log::warn!("{e}; the lease is running out: stepping down (no ARP answered)");
-                    return;
+                    return false;
                 }
                 Err(e) => log::warn!("renewing the group's lease: {e}; trying again"),
             }
