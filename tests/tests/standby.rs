@@ -3,7 +3,8 @@
 //! upstream, which reaches the EIPs by ARP. Only the active gateway
 //! answers; when its host dies (agent killed, links down) the standby takes
 //! the lease, announces the EIPs by gratuitous ARP, and the traffic
-//! follows. The loss is measured on a steady stream.
+//! follows. The loss is measured on a steady stream. A stopped active
+//! hands over at once; with etcd gone, the active stops answering ARP.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -79,7 +80,7 @@ struct Pair {
     // Dropped in this order: the agents, etcd, then the namespaces.
     a: Option<Agent>,
     b: Agent,
-    _etcd: Etcd,
+    etcd: Etcd,
     _namespaces: Namespaces,
     net: SharedL2,
 }
@@ -150,7 +151,7 @@ impl Pair {
         Self {
             a: Some(a),
             b,
-            _etcd: etcd,
+            etcd,
             _namespaces: namespaces,
             net,
         }
@@ -254,6 +255,9 @@ fn the_standby_takes_over_when_the_active_dies() {
         assert_eq!(reach(&pair.net, 5), 5, "translated through the active");
         assert_eq!(pair.net.upstream_neighbour(EIP), Some(pair.mac(0)));
     }
+    let metrics = |agent: &Agent| agent.cli_ok(&["metrics"]);
+    assert!(metrics(pair.a.as_ref().unwrap()).contains("eip_nat_standby_active 1"));
+    assert!(metrics(&pair.b).contains("eip_nat_standby_active 0"));
     let (sa_, sb) = (pair.a.as_ref().unwrap().stats(), pair.b.stats());
     assert!(
         inbound(&sa_, Verdict::ArpReplySent) >= 3,
@@ -326,4 +330,48 @@ fn a_stopped_active_hands_over_at_once() {
     role_is(&mut pair.b, "active", "gw1");
     assert_eq!(pair.net.upstream_neighbour(EIP), Some(pair.mac(1)));
     assert!(lost < 100, "the hand-over lost {lost} ms of traffic");
+}
+
+/// etcd gone: the active cannot renew its lease and stops answering ARP
+/// when it would run out (no two gateways answering for one EIP), but
+/// its datapath translates on what the upstream still sends it; the
+/// standby stays one. etcd back: one of them leads again, and the upstream
+/// resolves the EIP to it.
+#[test]
+fn with_etcd_gone_the_active_stops_answering_arp_and_translates_on() {
+    let mut pair = Pair::new();
+    assert_eq!(reach(&pair.net, 5), 5, "translated through the active");
+    pair.etcd.kill(0);
+    let a = pair.a.as_mut().unwrap();
+    a.wait_until(Duration::from_secs(5), |g: &Generation| {
+        g.standby.as_ref().is_some_and(|s| s.role == "candidate")
+    });
+    assert_eq!(
+        reach(&pair.net, 5),
+        5,
+        "the stepped-down active translates on"
+    );
+    pair.net.upstream_forgets();
+    assert_eq!(reach(&pair.net, 2), 0, "nobody answers ARP for the EIP");
+    role_is(&mut pair.b, "standby", "gw0");
+
+    pair.etcd.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let leader = loop {
+        let role = |agent: &Agent| agent.client().generation().unwrap().standby.unwrap();
+        let (ra, rb) = (role(pair.a.as_ref().unwrap()), role(&pair.b));
+        match (ra.role.as_str(), rb.role.as_str()) {
+            ("active", "standby") if rb.leader.as_deref() == Some("gw0") => break 0,
+            ("standby", "active") if ra.leader.as_deref() == Some("gw1") => break 1,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader after etcd came back: {ra:?} {rb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    pair.net.upstream_forgets();
+    assert_eq!(reach(&pair.net, 5), 5, "translated through the new leader");
+    assert_eq!(pair.net.upstream_neighbour(EIP), Some(pair.mac(leader)));
 }

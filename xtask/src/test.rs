@@ -169,7 +169,7 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             vec![root_test("fleet")],
         ),
         (
-            "active/standby netns test on a real etcd (two gateways on one L2 uplink: only the active answers ARP; the active's host dies, the standby takes over with gratuitous ARP, the loss measured; a stopped active hands over at once)",
+            "active/standby netns test on a real etcd (two gateways on one L2 uplink: only the active answers ARP; the active's host dies, the standby takes over with gratuitous ARP, the loss measured; a stopped active hands over at once; with etcd gone the active stops answering ARP)",
             vec![root_test("standby")],
         ),
     ]
