@@ -68,13 +68,18 @@ pub fn decide(ctx: &XdpContext, flags: u32) -> Option<Verdict> {
     if ether_type == ETH_P_IP_BYTES && flags & FLAG_STANDBY != 0 {
         let dst: *const Ipv4Key = ptr_at(ctx, ETH_HLEN + IPV4_DST)?;
         // SAFETY: as above.
-        let dst = unsafe { *dst };
-        // SAFETY: the map's values are plain integers, read only.
-        if unsafe { ADDRESSES.get(&dst) }.is_some_and(|e| e.is_eip()) {
+        if is_eip(unsafe { *dst }) {
             return Some(Verdict::DropStandby);
         }
     }
     None
+}
+
+/// True if `addr` is an EIP of ours.
+#[inline(always)]
+fn is_eip(addr: Ipv4Key) -> bool {
+    // SAFETY: the map's values are plain integers, read only.
+    unsafe { ADDRESSES.get(addr) }.is_some_and(|e| e.is_eip())
 }
 
 /// Answers an ARP request for an EIP; anything else ARP goes to the kernel
@@ -98,8 +103,7 @@ fn answer(ctx: &XdpContext) -> Verdict {
         return Verdict::PassNotIpv4;
     }
     let (requester_mac, requester_ip, eip) = (arp.sha, arp.spa, arp.tpa);
-    // SAFETY: as in `decide`.
-    if !unsafe { ADDRESSES.get(&eip) }.is_some_and(|e| e.is_eip()) {
+    if !is_eip(eip) {
         return Verdict::PassNotIpv4;
     }
     let Some(cfg) = ARP_CONFIG.get(0) else {
