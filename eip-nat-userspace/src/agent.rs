@@ -227,7 +227,14 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
     };
     let public = ifindex(&cfg.public_if)?;
     let private = ifindex(&cfg.private_if)?;
-    for problem in sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if) {
+    let mut problems = sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if);
+    if cfg.standby.is_some() {
+        problems.extend(sysctl::check_standby(
+            Path::new("/proc/sys"),
+            &cfg.public_if,
+        ));
+    }
+    for problem in problems {
         log::warn!("{problem}");
     }
     // The gateway's own ICMP errors (time exceeded, fragmentation needed)
