@@ -210,6 +210,38 @@ pub const FLAG_FAST_PATH: u32 = 1;
 /// has already read.
 pub const FLAG_TRACE: u32 = 2;
 
+/// [`Config::flags`]: active/standby on a shared L2 (docs/fleet.md), this
+/// gateway is the active one: on the public interface it answers ARP
+/// requests for the EIPs (RFC 826) while [`ArpConfig::active_until_ns`]
+/// lies ahead.
+pub const FLAG_ARP_ACTIVE: u32 = 4;
+/// [`Config::flags`]: active/standby on a shared L2, this gateway is a
+/// standby: it answers no ARP, and an IPv4 packet to an EIP arriving on
+/// the public interface is dropped (`drop_standby`), so a frame a switch
+/// floods to every port reaches the instance once, through the active.
+pub const FLAG_STANDBY: u32 = 8;
+
+/// `Array<ArpConfig>`, one entry: what the ARP responder answers with.
+/// Not pinned: the agent sets it each time it loads the program, and a
+/// new program starts with it zeroed (answering nothing).
+pub const ARP_CONFIG: &str = "ARP_CONFIG";
+
+/// The only entry of [`ARP_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ArpConfig {
+    /// The public interface's MAC: the sender of every reply.
+    pub mac: [u8; 6],
+    pub reserved: u16,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which no reply is sent:
+    /// the agent moves it on with each renewal of its etcd lease, so a
+    /// datapath whose agent died or lost etcd stops answering by itself
+    /// when its lease runs out, before another gateway can take over.
+    pub active_until_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ArpConfig>() == 16);
+
 /// `Array<TraceConfig>` with one entry: what to trace, read only while
 /// [`FLAG_TRACE`] is set.
 pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
@@ -394,4 +426,5 @@ mod pod {
     unsafe impl aya::Pod for super::IcmpBucket {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::TraceEvent {}
+    unsafe impl aya::Pod for super::ArpConfig {}
 }

@@ -90,10 +90,20 @@ pub enum Verdict {
     /// gateway's and in no prefix the operator routes through: dropped
     /// before the kernel could route it.
     DropPublicUnlisted = 26,
+    /// An ARP request (RFC 826) for an EIP, on the public interface of the
+    /// active gateway of an active/standby pair: answered in place with
+    /// the interface's MAC and sent back (`XDP_TX`).
+    ArpReplySent = 27,
+    /// An ARP frame shorter than an Ethernet/IPv4 ARP packet (28 bytes),
+    /// seen by the active gateway's responder.
+    DropArpTruncated = 28,
+    /// To an EIP, on the public interface of a standby gateway: only the
+    /// active one delivers it (a frame a switch floods reaches both).
+    DropStandby = 29,
 }
 
 impl Verdict {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 30;
     pub const ALL: [Verdict; Self::COUNT] = [
         Self::Translated,
         Self::PassNoMapping,
@@ -122,6 +132,9 @@ impl Verdict {
         Self::DropIcmpNotBuilt,
         Self::DropPublicToPrivateIp,
         Self::DropPublicUnlisted,
+        Self::ArpReplySent,
+        Self::DropArpTruncated,
+        Self::DropStandby,
     ];
 
     /// Stable label for metrics and `eip-nat stats`.
@@ -154,6 +167,9 @@ impl Verdict {
             Self::DropIcmpNotBuilt => "drop_icmp_not_built",
             Self::DropPublicToPrivateIp => "drop_public_to_private_ip",
             Self::DropPublicUnlisted => "drop_public_unlisted",
+            Self::ArpReplySent => "arp_reply_sent",
+            Self::DropArpTruncated => "drop_arp_truncated",
+            Self::DropStandby => "drop_standby",
         }
     }
 
@@ -163,7 +179,10 @@ impl Verdict {
             XDP_DROP
         } else if matches!(self, Self::TranslatedRedirect | Self::TranslatedRedirectFib) {
             XDP_REDIRECT
-        } else if matches!(self, Self::IcmpTimeExceededSent | Self::IcmpFragNeededSent) {
+        } else if matches!(
+            self,
+            Self::IcmpTimeExceededSent | Self::IcmpFragNeededSent | Self::ArpReplySent
+        ) {
             XDP_TX
         } else {
             XDP_PASS
@@ -202,6 +221,8 @@ impl Verdict {
                 | Self::DropIcmpNotBuilt
                 | Self::DropPublicToPrivateIp
                 | Self::DropPublicUnlisted
+                | Self::DropArpTruncated
+                | Self::DropStandby
         )
     }
 

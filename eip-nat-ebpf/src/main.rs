@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod decide;
 mod forward;
 mod icmp;
@@ -29,7 +30,10 @@ pub fn eip_nat(ctx: XdpContext) -> u32 {
         unsafe { core::ptr::write_volatile(&mut arrived, trace::addresses(&ctx)) };
     }
     // Every path ends here, so every packet is counted exactly once.
-    let verdict = translate::translate(&ctx, role.direction, role.fast_path).unwrap_or_else(|v| v);
+    let verdict = match arp::decide(&ctx, role.l2) {
+        Some(v) => v,
+        None => translate::translate(&ctx, role.direction, role.fast_path).unwrap_or_else(|v| v),
+    };
     if role.trace {
         // SAFETY: as above.
         let arrived = unsafe { core::ptr::read_volatile(&arrived) };

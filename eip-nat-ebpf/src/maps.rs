@@ -6,7 +6,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use eip_nat_common::maps::{
-    filter_bit, IcmpBucket, IcmpConfig, TraceConfig, FILTER_WORDS, FLAG_TRACE, TRACE_RING_BYTES,
+    filter_bit, ArpConfig, IcmpBucket, IcmpConfig, TraceConfig, FILTER_WORDS, FLAG_ARP_ACTIVE,
+    FLAG_STANDBY, FLAG_TRACE, TRACE_RING_BYTES,
 };
 use eip_nat_common::{
     maps::{
@@ -54,6 +55,9 @@ pub static ICMP_CONFIG: Array<IcmpConfig> = Array::with_max_entries(1, 0);
 #[map(name = "ICMP_BUCKET")]
 pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "ARP_CONFIG")]
+pub static ARP_CONFIG: Array<ArpConfig> = Array::with_max_entries(1, 0);
+
 #[map(name = "NEXTHOPS")]
 pub static NEXTHOPS: Array<NextHop> =
     Array::with_max_entries(DEFAULT_MAX_ASSOCIATIONS + EXTRA_NEXTHOPS, 0);
@@ -92,6 +96,9 @@ pub struct Role {
     pub fast_path: bool,
     /// Someone traces: see `trace`.
     pub trace: bool,
+    /// Active/standby bits of the flags on the public side, else 0: see
+    /// `arp`.
+    pub l2: u32,
 }
 
 #[inline(always)]
@@ -102,6 +109,7 @@ pub fn role(ctx: &XdpContext) -> Role {
             direction: Direction::Other,
             fast_path: false,
             trace: false,
+            l2: 0,
         };
     };
     let direction = if ifindex != 0 && ifindex == c.public_ifindex {
@@ -115,5 +123,10 @@ pub fn role(ctx: &XdpContext) -> Role {
         direction,
         fast_path: direction != Direction::Other && c.fast_path(),
         trace: c.flags & FLAG_TRACE != 0,
+        l2: if direction == Direction::Inbound {
+            c.flags & (FLAG_ARP_ACTIVE | FLAG_STANDBY)
+        } else {
+            0
+        },
     }
 }

@@ -14,7 +14,7 @@ use std::future::IntoFuture;
 
 use anyhow::{bail, Context, Result};
 use eip_nat_common::{
-    maps::{IcmpConfig, FLAG_FAST_PATH},
+    maps::{IcmpConfig, FLAG_ARP_ACTIVE, FLAG_FAST_PATH, FLAG_STANDBY},
     Config,
 };
 use tokio::{
@@ -202,6 +202,20 @@ fn read_token(token_file: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// The MAC address of interface `name` (the ARP responder's sender).
+fn interface_mac(name: &str) -> Result<[u8; 6]> {
+    let path = Path::new("/sys/class/net").join(name).join("address");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        let part = parts.next().unwrap_or_default();
+        *b = u8::from_str_radix(part, 16)
+            .with_context(|| format!("{} is no MAC address: {text:?}", path.display()))?;
+    }
+    Ok(mac)
+}
+
 /// Runs the agent; `log`, when given, lets the API change the log's filter.
 pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
     // Everything that can refuse the start is checked first: an agent that
@@ -213,7 +227,14 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
     };
     let public = ifindex(&cfg.public_if)?;
     let private = ifindex(&cfg.private_if)?;
-    for problem in sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if) {
+    let mut problems = sysctl::check(Path::new("/proc/sys"), &cfg.public_if, &cfg.private_if);
+    if cfg.standby.is_some() {
+        problems.extend(sysctl::check_standby(
+            Path::new("/proc/sys"),
+            &cfg.public_if,
+        ));
+    }
+    for problem in problems {
         log::warn!("{problem}");
     }
     // The gateway's own ICMP errors (time exceeded, fragmentation needed)
@@ -274,6 +295,16 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         pin_maps: Some(maps_dir(&cfg.bpffs_dir)),
     })?;
     spawn_logger(&mut datapath);
+    // Active/standby: the role's task owns the ARP responder's settings.
+    let arp = match &cfg.standby {
+        Some(_) => Some((
+            datapath
+                .take_arp_config()
+                .context("the ARP responder's map")?,
+            interface_mac(&cfg.public_if)?,
+        )),
+        None => None,
+    };
     let routes = Routes::open()?;
     // Subscribed before the tables are read, so no change falls between.
     let monitor = crate::monitor::subscribe().context("subscribing to rtnetlink")?;
@@ -305,6 +336,23 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         log,
     };
     let monitor = monitor.follow(writer.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let role = match (&cfg.standby, &cfg.etcd, &etcd, arp) {
+        (Some(standby), Some(etcd_cfg), Some(etcd), Some((arp, mac))) => {
+            Some(crate::standby::Role {
+                etcd: Arc::clone(etcd),
+                cfg: standby.clone(),
+                key: crate::standby::leader_key(&etcd_cfg.prefix, &standby.group),
+                writer: writer.clone(),
+                status: Arc::clone(&status),
+                arp,
+                public_ifindex: public,
+                mac,
+                stop: stop_rx.clone(),
+            })
+        }
+        _ => None,
+    };
     // Queued until the writer serves; what it reports before the start's
     // own catch-up is skipped as already taken.
     let follower = etcd.as_ref().map(|etcd| {
@@ -315,7 +363,6 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         ))
     });
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -375,9 +422,21 @@ pub async fn run(cfg: AgentConfig, log: Option<LogControl>) -> Result<()> {
         _ = sigterm.recv() => None,
         started = started => match started {
             Ok(Ok(())) => {
+                // Campaigns once the datapath is attached with the tables.
+                let role = role.map(|r| tokio::spawn(r.run()));
                 tokio::select! {
                     _ = sigint.recv() => {},
                     _ = sigterm.recv() => {},
+                }
+                // An active gateway hands over before the writer goes.
+                if let Some(role) = role {
+                    let _ = stop_tx.send(true);
+                    if tokio::time::timeout(std::time::Duration::from_secs(3), role)
+                        .await
+                        .is_err()
+                    {
+                        log::warn!("stopping: the active/standby role did not finish in 3 s");
+                    }
                 }
                 None
             }
@@ -462,10 +521,17 @@ impl Start<'_> {
         // Keep the generation a previous agent recorded until the reconcile
         // has made it true for this one.
         let previous = datapath.config()?;
+        // Active/standby: the previous agent's role stays until this one's
+        // campaign decides (its datapath answers no ARP before that: a new
+        // program's deadline is 0); otherwise no role.
+        let role = match cfg.standby {
+            Some(_) => previous.flags & (FLAG_ARP_ACTIVE | FLAG_STANDBY),
+            None => 0,
+        };
         datapath.set_config(Config {
             public_ifindex: public,
             private_ifindex: private,
-            flags: if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
+            flags: role | if cfg.fast_path { FLAG_FAST_PATH } else { 0 },
             reserved: 0,
             generation: previous.generation,
         })?;

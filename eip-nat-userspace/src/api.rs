@@ -28,6 +28,26 @@ pub struct Generation {
     /// is. Writes wait until it ends; reads are answered throughout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileProgress>,
+    /// Active/standby on a shared L2 (`fleet_mode = "active-standby"`):
+    /// this gateway's role and its group's leader. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyRole>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StandbyRole {
+    /// `active` (holds the group's lease: answers ARP for the EIPs),
+    /// `standby` (another gateway holds it) or `candidate` (no lease and no
+    /// leader known: etcd is unreachable, or the lease was just lost;
+    /// answers no ARP).
+    pub role: String,
+    /// The group of gateways sharing one L2 segment.
+    pub group: String,
+    /// This gateway's name in it.
+    pub node: String,
+    /// The active gateway's name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -57,7 +57,41 @@ pub struct FileConfig {
     pub etcd_key_file: Option<PathBuf>,
     pub etcd_user: Option<String>,
     pub etcd_password_file: Option<PathBuf>,
+    pub fleet_mode: Option<FleetMode>,
+    pub standby_group: Option<String>,
+    pub node_name: Option<String>,
+    pub lease_ttl_secs: Option<u32>,
 }
+
+/// How the gateways of a fleet share the traffic (docs/fleet.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FleetMode {
+    /// Every gateway translates what reaches it; a router spreads the
+    /// traffic (ECMP). A single gateway is this too.
+    #[default]
+    ActiveActive,
+    /// The gateways of a group share one L2 uplink: one of them, elected
+    /// through an etcd lease, answers ARP for the EIPs; the others stand by
+    /// with the same tables (`store = "etcd"` only).
+    ActiveStandby,
+}
+
+/// Active/standby on a shared L2 (`fleet_mode = "active-standby"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StandbyConfig {
+    /// The gateways on one L2 segment: one active among them.
+    pub group: String,
+    /// This gateway's name in the group, unique in it: the leader's
+    /// identity in `/v1/generation`.
+    pub node: String,
+    /// The leadership lease's time to live: how long a gateway that died
+    /// holds the EIPs before a standby takes them.
+    pub lease_ttl_secs: u32,
+}
+
+pub const DEFAULT_STANDBY_GROUP: &str = "default";
+pub const DEFAULT_LEASE_TTL_SECS: u32 = 2;
 
 /// Where the desired state lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -129,7 +163,11 @@ impl FileConfig {
             etcd_cert_file,
             etcd_key_file,
             etcd_user,
-            etcd_password_file
+            etcd_password_file,
+            fleet_mode,
+            standby_group,
+            node_name,
+            lease_ttl_secs
         )
     }
 }
@@ -165,6 +203,8 @@ pub struct AgentConfig {
     pub metrics_top_eips: usize,
     /// The fleet's shared store; None: this gateway's own (redb).
     pub etcd: Option<EtcdConfig>,
+    /// Active/standby on a shared L2; None: active-active.
+    pub standby: Option<StandbyConfig>,
 }
 
 /// Per-EIP series a scrape shows by default: the 1,000 EIPs with the most
@@ -196,6 +236,7 @@ impl TryFrom<FileConfig> for AgentConfig {
             metrics_listen: f.metrics_listen,
             metrics_top_eips: f.metrics_top_eips.unwrap_or(DEFAULT_METRICS_TOP_EIPS),
             etcd: None,
+            standby: None,
         };
         let mut cfg = cfg;
         match f.store.unwrap_or_default() {
@@ -247,6 +288,19 @@ impl TryFrom<FileConfig> for AgentConfig {
                 });
             }
         }
+        cfg.standby = standby(
+            &f.fleet_mode,
+            f.standby_group,
+            f.node_name,
+            f.lease_ttl_secs,
+        )?;
+        if cfg.standby.is_some() && cfg.etcd.is_none() {
+            return Err(ConfigError::Invalid(
+                "fleet_mode = \"active-standby\" needs store = \"etcd\": the gateways elect \
+                 the active one through an etcd lease"
+                    .into(),
+            ));
+        }
         for p in &cfg.routed_prefixes {
             if p.prefix_len() == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -281,6 +335,61 @@ impl TryFrom<FileConfig> for AgentConfig {
         }
         Ok(cfg)
     }
+}
+
+/// The active/standby settings, checked; None in active-active mode.
+fn standby(
+    mode: &Option<FleetMode>,
+    group: Option<String>,
+    node: Option<String>,
+    ttl: Option<u32>,
+) -> Result<Option<StandbyConfig>, ConfigError> {
+    if mode.unwrap_or_default() == FleetMode::ActiveActive {
+        if group.is_some() || ttl.is_some() {
+            return Err(ConfigError::Invalid(
+                "standby_group and lease_ttl_secs need fleet_mode = \"active-standby\"".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let group = group.unwrap_or_else(|| DEFAULT_STANDBY_GROUP.into());
+    if group.is_empty() || group.contains('/') {
+        return Err(ConfigError::Invalid(format!(
+            "standby_group {group:?}: a non-empty name without '/'"
+        )));
+    }
+    let node = match node {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    if node.is_empty() {
+        return Err(ConfigError::Invalid("node_name must not be empty".into()));
+    }
+    let lease_ttl_secs = ttl.unwrap_or(DEFAULT_LEASE_TTL_SECS);
+    if lease_ttl_secs == 0 {
+        return Err(ConfigError::Invalid(
+            "lease_ttl_secs must be at least 1 (etcd counts leases in seconds)".into(),
+        ));
+    }
+    Ok(Some(StandbyConfig {
+        group,
+        node,
+        lease_ttl_secs,
+    }))
+}
+
+/// This host's name, the default `node_name`.
+fn hostname() -> Result<String, ConfigError> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "node_name is not set and the host's name is unreadable: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 #[cfg(test)]
@@ -365,6 +474,39 @@ mod tests {
         .unwrap();
         let etcd = AgentConfig::try_from(f).unwrap().etcd.unwrap();
         assert_eq!((etcd.endpoints.len(), etcd.prefix.as_str()), (1, "/x"));
+        let etcd_base = format!("{base}store = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\n");
+        for (text, why) in [
+            (
+                format!("{base}fleet_mode = \"active-standby\"\n"),
+                "store = \"etcd\"",
+            ),
+            (format!("{etcd_base}lease_ttl_secs = 1\n"), "active-standby"),
+            (
+                format!("{etcd_base}fleet_mode = \"active-standby\"\nlease_ttl_secs = 0\n"),
+                "at least 1",
+            ),
+            (
+                format!("{etcd_base}fleet_mode = \"active-standby\"\nstandby_group = \"a/b\"\n"),
+                "without '/'",
+            ),
+        ] {
+            let f: FileConfig = toml::from_str(&text).unwrap();
+            let e = AgentConfig::try_from(f).unwrap_err();
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+        let f: FileConfig = toml::from_str(&format!(
+            "{etcd_base}fleet_mode = \"active-standby\"\nnode_name = \"gw-a\"\n"
+        ))
+        .unwrap();
+        let standby = AgentConfig::try_from(f).unwrap().standby.unwrap();
+        assert_eq!(
+            standby,
+            StandbyConfig {
+                group: DEFAULT_STANDBY_GROUP.into(),
+                node: "gw-a".into(),
+                lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
+            }
+        );
         let e = toml::from_str::<FileConfig>("routed_prefixes = [\"10.1.2.0/33\"]").unwrap_err();
         assert!(e.to_string().contains("routed_prefixes"), "{e}");
     }

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use eip_nat_common::{
-    maps::{self as names, verdict_index, IcmpConfig, Ipv4Key, NextHop, TraceConfig},
+    maps::{self as names, verdict_index, ArpConfig, IcmpConfig, Ipv4Key, NextHop, TraceConfig},
     AddrEntry, Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use thiserror::Error;
@@ -162,6 +162,10 @@ pub struct Datapath {
     /// Taken by the one reader of traced packets.
     trace_events: Option<RingBuf<MapData>>,
     icmp: Array<MapData, IcmpConfig>,
+    /// Taken by the one owner of the active/standby role (`standby.rs`),
+    /// which moves its deadline on from its own task, never waiting for
+    /// the writer.
+    arp: Option<Array<MapData, ArpConfig>>,
     filter: Array<MapData, u64>,
     /// What `filter` holds, so that a bit already set costs no write.
     filter_words: Vec<u64>,
@@ -296,6 +300,7 @@ impl Datapath {
             trace_config: take(&mut ebpf, names::TRACE_CONFIG)?,
             trace_events: Some(take(&mut ebpf, names::TRACE_EVENTS)?),
             icmp: take(&mut ebpf, names::ICMP_CONFIG)?,
+            arp: Some(take(&mut ebpf, names::ARP_CONFIG)?),
             filter_words: Vec::new(),
             filter: take(&mut ebpf, names::ADDRESS_FILTER)?,
             ebpf,
@@ -648,6 +653,11 @@ impl Datapath {
         self.trace_config
             .set(0, cfg, 0)
             .map_err(map_err(names::TRACE_CONFIG))
+    }
+
+    /// The ARP responder's configuration, for its one owner.
+    pub fn take_arp_config(&mut self) -> Option<Array<MapData, ArpConfig>> {
+        self.arp.take()
     }
 
     /// The ring buffer of traced packets, for its one reader.

@@ -151,11 +151,18 @@ impl Etcd {
 
     /// Runs `f` to completion on the agent's runtime, from the writer
     /// thread (which is not one of the runtime's).
+    /// Forgets the channel after a failure: the next request makes a new
+    /// one (the old one may hold on to a member that is gone).
+    pub(crate) async fn reconnect(&self) {
+        *self.client.lock().await = None;
+    }
+
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
     }
 
-    async fn client(&self) -> Result<Client, EtcdError> {
+    /// The channel to the cluster (made on first use).
+    pub(crate) async fn client(&self) -> Result<Client, EtcdError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = &*slot {
             return Ok(c.clone());
@@ -194,9 +201,7 @@ impl Etcd {
                 }
             };
             if error.unreachable() {
-                // A new channel next time: the old one may hold on to a
-                // member that is gone.
-                *self.client.lock().await = None;
+                self.reconnect().await;
             }
             return Err(error);
         }

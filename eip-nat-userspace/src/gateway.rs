@@ -18,7 +18,7 @@ use std::{
 };
 
 use eip_nat_common::{
-    maps::{TraceConfig, FLAG_TRACE},
+    maps::{TraceConfig, FLAG_ARP_ACTIVE, FLAG_STANDBY, FLAG_TRACE},
     AddrEntry,
 };
 use ipnet::Ipv4Net;
@@ -388,6 +388,7 @@ impl Gateway {
             generation: self.desired.generation,
             applied_generation: self.applied,
             reconcile: None,
+            standby: None,
         }
     }
 
@@ -495,6 +496,7 @@ impl Gateway {
                         generation: g,
                         applied_generation: generation,
                         reconcile: None,
+                        standby: None,
                     }),
                 }
             })
@@ -669,6 +671,14 @@ impl Gateway {
             Some(_) => cfg.flags | FLAG_TRACE,
             None => cfg.flags & !FLAG_TRACE,
         };
+        self.datapath.set_config(cfg)
+    }
+
+    /// Sets the active/standby bits of the datapath's flags (`standby.rs`):
+    /// `role` is `FLAG_ARP_ACTIVE`, `FLAG_STANDBY` or 0.
+    pub fn set_l2_role(&mut self, role: u32) -> Result<(), DatapathError> {
+        let mut cfg = self.datapath.config()?;
+        cfg.flags = cfg.flags & !(FLAG_ARP_ACTIVE | FLAG_STANDBY) | role;
         self.datapath.set_config(cfg)
     }
 

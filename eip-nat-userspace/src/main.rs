@@ -117,6 +117,19 @@ struct AgentArgs {
     /// etcd authentication: a file holding the password.
     #[arg(long)]
     etcd_password_file: Option<PathBuf>,
+    /// active-active (default; ECMP in front), or active-standby: gateways
+    /// on one L2 uplink, one of which answers ARP for the EIPs (docs/fleet.md).
+    #[arg(long)]
+    fleet_mode: Option<config::FleetMode>,
+    /// active-standby: the group of gateways sharing one L2 segment.
+    #[arg(long)]
+    standby_group: Option<String>,
+    /// active-standby: this gateway's name in its group (default: the host's name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// active-standby: the leadership lease's TTL in seconds (default 2).
+    #[arg(long)]
+    lease_ttl_secs: Option<u32>,
     /// Print the configuration in effect and exit.
     #[arg(long)]
     print_config: bool,
@@ -155,6 +168,10 @@ impl AgentArgs {
             etcd_key_file: self.etcd_key_file.clone(),
             etcd_user: self.etcd_user.clone(),
             etcd_password_file: self.etcd_password_file.clone(),
+            fleet_mode: self.fleet_mode,
+            standby_group: self.standby_group.clone(),
+            node_name: self.node_name.clone(),
+            lease_ttl_secs: self.lease_ttl_secs,
         };
         Ok(AgentConfig::try_from(file.overridden_by(flags))?)
     }

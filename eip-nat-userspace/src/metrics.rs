@@ -219,6 +219,15 @@ impl Collector for Scrape {
             "1 while the agent reconciles the datapath with the store (at start)",
             i64::from(g.reconcile.is_some()),
         )?;
+        if let Some(role) = &g.standby {
+            gauge(
+                &mut encoder,
+                "eip_nat_standby_active",
+                "Active/standby on a shared L2: 1 while this gateway holds its group's lease and \
+                 answers ARP for the EIPs, 0 otherwise",
+                i64::from(role.role == "active"),
+            )?;
+        }
         gauge(
             &mut encoder,
             "eip_nat_associations_capacity",

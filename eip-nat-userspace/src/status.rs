@@ -11,7 +11,7 @@ use std::{
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::api::{Generation, ReconcileProgress};
+use crate::api::{Generation, ReconcileProgress, StandbyRole};
 
 /// The steps of a start (or of a full reconcile), in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct Status {
     done: AtomicU64,
     /// How long each reconcile took, for `GET /metrics`.
     reconcile_seconds: Histogram,
+    /// Active/standby on a shared L2: the role, published by `standby.rs`.
+    standby: Mutex<Option<StandbyRole>>,
 }
 
 impl Status {
@@ -60,6 +62,7 @@ impl Status {
             phase: Mutex::new(Some((Phase::Loading, 0, Instant::now()))),
             done: AtomicU64::new(0),
             reconcile_seconds: crate::metrics::reconcile_histogram(),
+            standby: Mutex::new(None),
         }
     }
 
@@ -102,6 +105,17 @@ impl Status {
         &self.reconcile_seconds
     }
 
+    pub fn set_standby(&self, role: StandbyRole) {
+        *self.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(role);
+    }
+
+    pub fn standby(&self) -> Option<StandbyRole> {
+        self.standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn generation(&self) -> Generation {
         let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
         Generation {
@@ -112,6 +126,7 @@ impl Status {
                 done: self.done.load(Ordering::Relaxed),
                 total,
             }),
+            standby: self.standby(),
         }
     }
 }

@@ -66,6 +66,28 @@ pub fn check(proc_sys: &Path, public_if: &str, private_if: &str) -> Vec<String> 
     problems
 }
 
+/// Active/standby on a shared L2: only the active's datapath may answer
+/// ARP for the EIPs. With proxy ARP on the public side, a standby's kernel
+/// would answer for every address it routes elsewhere, the passthrough EIPs
+/// among them (their host routes point at the private side), and pull
+/// their traffic to itself. The kernel applies either setting
+/// (IN_DEV_PROXY_ARP in inetdevice.h).
+pub fn check_standby(proc_sys: &Path, public_if: &str) -> Vec<String> {
+    let keys = [
+        "net/ipv4/conf/all/proxy_arp".to_string(),
+        format!("net/ipv4/conf/{public_if}/proxy_arp"),
+    ];
+    if keys.iter().any(|k| read(proc_sys, k) == Some(1)) {
+        vec![format!(
+            "proxy ARP is on for {public_if}: a standby's kernel would answer ARP for EIPs it \
+             routes to the private side; run `sysctl -w net.ipv4.conf.all.proxy_arp=0 \
+             net.ipv4.conf.{public_if}.proxy_arp=0`"
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +142,19 @@ mod tests {
         assert!(problems[1].contains("net.ipv4.conf.pub0.forwarding=1"));
         assert!(problems[2].contains("strict on priv0 (all=1, priv0=0)"));
         assert!(problems[3].contains("send_redirects=0"));
+    }
+
+    #[test]
+    fn proxy_arp_on_a_standby_is_caught() {
+        let p = FakeProc::new("proxy");
+        p.set("net/ipv4/conf/all/proxy_arp", 0);
+        assert_eq!(check_standby(&p.0, "pub0"), Vec::<String>::new());
+        p.set("net/ipv4/conf/pub0/proxy_arp", 1);
+        let problems = check_standby(&p.0, "pub0");
+        assert!(
+            problems[0].contains("net.ipv4.conf.pub0.proxy_arp=0"),
+            "{problems:?}"
+        );
     }
 
     #[test]

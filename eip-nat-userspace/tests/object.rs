@@ -57,6 +57,7 @@ fn the_agents_object_holds_only_the_gateways_programs_and_maps() {
         names::PUBLIC_ACCEPT,
         names::TRACE_CONFIG,
         names::TRACE_EVENTS,
+        names::ARP_CONFIG,
         // aya-log's buffer, which `aya_log::EbpfLogger` reads.
         "AYA_LOGS",
     ]);

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod capture;
 pub mod ecmp;
 pub mod etcd;
+pub mod l2;
 pub mod model;
 pub mod netns;
 pub mod packet;

@@ -223,7 +223,7 @@ pub fn veth(a: &End, b: &End) {
 }
 
 /// Gives `e` its address, turns its checksum offload off and brings it up.
-fn bring_up(e: &End) {
+pub fn bring_up(e: &End) {
     let cidr = format!("{}/{}", e.addr, e.prefix_len);
     ns_sh(&e.ns, &["ip", "addr", "add", &cidr, "dev", &e.ifname]);
     ns_sh(

@@ -13,8 +13,8 @@ use eip_nat::{
     model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
-    maps::{NextHop, FLAG_FAST_PATH, MAX_TX_PORTS},
-    verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    maps::{ArpConfig, NextHop, FLAG_ARP_ACTIVE, FLAG_FAST_PATH, FLAG_STANDBY, MAX_TX_PORTS},
+    verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
 use integration_tests::{
@@ -39,6 +39,8 @@ struct Harness {
     /// Run the program inside this namespace (its routes and neighbours
     /// are what the fast path's FIB lookup sees), with the fast path on.
     fast_path_ns: Option<String>,
+    /// Further `Config` flags (the active/standby role).
+    flags: u32,
 }
 
 impl Harness {
@@ -69,6 +71,7 @@ impl Harness {
             lo,
             slot,
             fast_path_ns,
+            flags: 0,
         }
     }
 
@@ -78,10 +81,11 @@ impl Harness {
             Direction::Outbound => (0, self.lo),
             Direction::Other => (0, 0),
         };
-        let flags = match self.fast_path_ns {
-            Some(_) => FLAG_FAST_PATH,
-            None => 0,
-        };
+        let flags = self.flags
+            | match self.fast_path_ns {
+                Some(_) => FLAG_FAST_PATH,
+                None => 0,
+            };
         let cfg = Config {
             public_ifindex,
             private_ifindex,
@@ -141,6 +145,8 @@ impl Harness {
             Verdict::TranslatedRedirect | Verdict::TranslatedRedirectFib
         ) {
             XDP_REDIRECT
+        } else if verdict == Verdict::ArpReplySent {
+            XDP_TX
         } else {
             XDP_PASS
         };
@@ -246,6 +252,120 @@ const NONE: EipCounters = EipCounters {
     out_packets: 0,
     out_bytes: 0,
 };
+
+/// An ARP packet (RFC 826, Ethernet/IPv4) from `sha`/`spa` about `tpa`,
+/// in a frame from `sha` to `to`.
+fn arp(to: [u8; 6], op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = ethernet(to, sha, 0x0806);
+    f.extend([0, 1, 8, 0, 6, 4]);
+    f.extend(op.to_be_bytes());
+    f.extend(sha);
+    f.extend(spa.octets());
+    f.extend(tha);
+    f.extend(tpa.octets());
+    f
+}
+
+/// Active/standby on a shared L2 (docs/fleet.md): the active gateway
+/// answers ARP for its EIPs, in place, from the public interface's MAC,
+/// while its deadline lies ahead; a standby answers none and drops what
+/// arrives for an EIP.
+#[test]
+fn the_active_answers_arp_for_its_eips_and_a_standby_drops_their_traffic() {
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let mut h = Harness::new();
+    let mut responder = h.gw.datapath_mut().take_arp_config().unwrap();
+    let mut answer_until = |active_until_ns: u64| {
+        let cfg = ArpConfig {
+            mac: GW_MAC,
+            reserved: 0,
+            active_until_ns,
+        };
+        responder.set(0, cfg, 0).unwrap();
+    };
+    answer_until(u64::MAX);
+    let request = |tpa: Ipv4Addr| arp([0xff; 6], 1, MAC_A, INTERNET, [0; 6], tpa);
+    h.untouched(
+        "no role",
+        Direction::Inbound,
+        &request(EIP),
+        Verdict::PassNotIpv4,
+    );
+
+    h.flags = FLAG_ARP_ACTIVE;
+    let reply = arp(MAC_A, 2, GW_MAC, EIP, MAC_A, INTERNET);
+    h.case(
+        "request for the EIP",
+        Direction::Inbound,
+        &request(EIP),
+        Verdict::ArpReplySent,
+        &reply,
+        NONE,
+    );
+    for (name, dir, frame) in [
+        ("another address", Direction::Inbound, request(OTHER)),
+        ("the private IP", Direction::Inbound, request(PRIVATE)),
+        ("on the private side", Direction::Outbound, request(EIP)),
+        (
+            "an announcement (RFC 5227)",
+            Direction::Inbound,
+            arp([0xff; 6], 1, MAC_B, EIP, [0; 6], EIP),
+        ),
+        (
+            "a reply",
+            Direction::Inbound,
+            arp(MAC_B, 2, MAC_A, INTERNET, MAC_B, EIP),
+        ),
+        (
+            "not Ethernet/IPv4",
+            Direction::Inbound,
+            arp([0xff; 6], 1, MAC_A, INTERNET, [0; 6], EIP)
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| if i == 19 { 16 } else { b })
+                .collect(),
+        ),
+    ] {
+        h.untouched(name, dir, &frame, Verdict::PassNotIpv4);
+    }
+    let mut short = request(EIP);
+    short.truncate(14 + 27);
+    h.dropped("cut short", &short, Verdict::DropArpTruncated);
+    // The lease ran out by the agent's clock: no answer, whatever the flag.
+    answer_until(1);
+    h.untouched(
+        "past the deadline",
+        Direction::Inbound,
+        &request(EIP),
+        Verdict::PassNotIpv4,
+    );
+
+    answer_until(u64::MAX);
+    h.flags = FLAG_STANDBY;
+    h.untouched(
+        "on a standby",
+        Direction::Inbound,
+        &request(EIP),
+        Verdict::PassNotIpv4,
+    );
+    let to_eip = udp(INTERNET, 40000, EIP, 53, b"flooded", true).frame();
+    h.dropped("to the EIP on a standby", &to_eip, Verdict::DropStandby);
+    // What is no EIP's is as on any gateway; the private side translates.
+    let to_other = udp(INTERNET, 40000, OTHER, 53, b"x", true).frame();
+    h.dropped(
+        "unlisted on a standby",
+        &to_other,
+        Verdict::DropPublicUnlisted,
+    );
+    let out = udp(PRIVATE, 53, INTERNET, 40000, b"reply", true);
+    let expected = udp(EIP, 53, INTERNET, 40000, b"reply", true);
+    h.translated(
+        "outbound on a standby",
+        Direction::Outbound,
+        &out,
+        &expected,
+    );
+}
 
 #[test]
 fn udp_with_checksum_both_directions() {

@@ -172,6 +172,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             "fleet netns tests on a real etcd (a change through one gateway on all; racing writers; etcd down and back; restart after a compaction; a member of three failing)",
             vec![root_test("fleet")],
         ),
+        (
+            "active/standby netns test on a real etcd (two gateways on one L2 uplink: only the active answers ARP; the active's host dies, the standby takes over with gratuitous ARP, the loss measured; a stopped active hands over at once; with etcd gone the active stops answering ARP)",
+            vec![root_test("standby")],
+        ),
     ]
 }
 
