@@ -7,15 +7,25 @@
 //! Leadership is one etcd key per group, `<prefix>-leader/<group>` (outside
 //! the prefix of the state, so the state's transactions and watch never see
 //! it), created only if absent and bound to a lease of `lease_ttl_secs`
-//! that the active renews three times per TTL. When the active dies, or
-//! loses etcd, its lease runs out, etcd deletes the key, and the standbys
-//! watching it race to create it again: one wins and announces the EIPs
-//! (gratuitous ARP, `garp.rs`).
+//! that the active renews three times per TTL. The active also writes the
+//! key again every [`HEARTBEAT`] (only while it holds it with its lease):
+//! the standbys see each write on their watch, and one that has seen none
+//! for [`TAKEOVER`] revokes the active's lease, which deletes the key, and
+//! they race to create it again: one wins and announces the EIPs
+//! (gratuitous ARP, `garp.rs`). Without the heartbeat a standby would wait
+//! for the lease to run out and for etcd to notice (its expiry check runs
+//! every 500 ms): one to one and a half TTLs of whole seconds, where the
+//! heartbeat takes [`TAKEOVER`]. If the active and its etcd client both die,
+//! the lease still runs out by itself.
 //!
-//! Split brain is avoided rather than availability kept: an active that
-//! cannot renew its lease stops answering ARP when the lease would run out
-//! by its own clock (it counts from when it *sent* each renewal, so it
-//! stops before etcd can let another take over). The datapath holds that
+//! Split brain is avoided rather than availability kept: an active stops
+//! answering ARP [`FENCE`] after it *sent* its last heartbeat that etcd
+//! took, by its own clock. A standby takes over [`TAKEOVER`] after it
+//! *saw* the last heartbeat, which etcd took before it was seen and after
+//! it was sent: as `FENCE < TAKEOVER`, the active has stopped before any
+//! standby starts, with `TAKEOVER - FENCE` to spare for the watch's delay.
+//! The same holds for the lease: an active that cannot renew it stops when
+//! it would run out, counted from when each renewal was sent. The datapath holds that
 //! deadline itself (`ArpConfig::active_until_ns`): a datapath whose agent
 //! died or hangs stops answering too. Such a gateway keeps translating
 //! what is still sent to it (the upstream's entries for the EIPs still name
@@ -45,6 +55,13 @@ use crate::{
 
 /// After a failed attempt (etcd unreachable), the next one.
 const RETRY: Duration = Duration::from_millis(200);
+/// How often the active writes its key, for the standbys to see it alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long after its last heartbeat that etcd took an active stops
+/// answering ARP (by its own clock)…
+pub const FENCE: Duration = Duration::from_millis(300);
+/// …and how long after the last heartbeat it saw a standby takes over.
+pub const TAKEOVER: Duration = Duration::from_millis(500);
 /// Announcements are sent twice, this far apart, in case the first round
 /// met a full queue or a busy router (RFC 5227 §2.3 sends two).
 const SECOND_ROUND: Duration = Duration::from_secs(1);
@@ -74,8 +91,8 @@ pub fn leader_key(prefix: &str, group: &str) -> String {
 enum Campaign {
     /// This gateway holds the key, with this lease, granted at that time.
     Won(i64, Instant),
-    /// Another holds it (its name), as of this revision.
-    Lost(String, i64),
+    /// Another holds it (its name, its lease), as of this revision.
+    Lost(String, i64, i64),
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: `bpf_ktime_get_ns`'s clock.
@@ -149,7 +166,7 @@ impl Role {
                         return;
                     }
                 }
-                Ok(Campaign::Lost(leader, revision)) => {
+                Ok(Campaign::Lost(leader, lease, revision)) => {
                     self.set_flags(FLAG_STANDBY).await;
                     log::info!(
                         "standby in group {}: {leader} is the active gateway",
@@ -157,7 +174,7 @@ impl Role {
                     );
                     self.publish("standby", Some(leader));
                     let vacant = tokio::select! {
-                        v = self.wait_for_vacancy(revision) => v,
+                        v = self.wait_for_vacancy(lease, revision) => v,
                         _ = stop.wait_for(|s| *s) => return,
                     };
                     if let Err(e) = vacant {
@@ -221,10 +238,10 @@ impl Role {
             TxnOpResponse::Get(g) => g
                 .kvs()
                 .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
             _ => None,
         });
-        let Some(holder) = holder else {
+        let Some((holder, holder_lease)) = holder else {
             // Deleted between the compare and the get: try again.
             return Box::pin(self.campaign()).await;
         };
@@ -241,23 +258,39 @@ impl Role {
             timeout(self.ttl(), client.txn(free)).await?;
             return Box::pin(self.campaign()).await;
         }
-        Ok(Campaign::Lost(holder, revision))
+        Ok(Campaign::Lost(holder, holder_lease, revision))
     }
 
-    /// Watches the key from `revision` on until it is deleted (its lease
-    /// ran out, or the active gave it up).
-    async fn wait_for_vacancy(&self, revision: i64) -> Result<(), EtcdError> {
+    /// Watches the key from `revision` on until it is deleted (the active
+    /// gave it up, or its lease ran out), or until the active, holding
+    /// `lease`, has not written it for [`TAKEOVER`]: then its lease is
+    /// revoked here, which deletes the key.
+    async fn wait_for_vacancy(&self, mut lease: i64, revision: i64) -> Result<(), EtcdError> {
         let mut client = self.etcd.client().await?;
         let options = WatchOptions::new().with_start_revision(revision + 1);
         let mut stream = timeout(self.ttl(), client.watch(self.key.clone(), Some(options))).await?;
+        // The holder wrote the key before this gateway read it.
+        let mut seen = tokio::time::Instant::now();
         loop {
-            let Some(response) = stream.message().await? else {
+            let message = tokio::time::timeout_at(seen + TAKEOVER, stream.message()).await;
+            let Ok(message) = message else {
+                log::warn!(
+                    "group {}: no heartbeat from the active gateway for {TAKEOVER:?}: taking over",
+                    self.cfg.group
+                );
+                // Gone already (its lease ran out) is as good.
+                let _ = timeout(self.ttl(), client.lease_revoke(lease)).await;
+                return Ok(());
+            };
+            let Some(response) = message? else {
                 return Err(EtcdError::Unreachable("the watch ended".into()));
             };
             for event in response.events() {
                 match (event.event_type(), event.kv()) {
                     (EventType::Delete, _) => return Ok(()),
                     (EventType::Put, Some(kv)) => {
+                        seen = tokio::time::Instant::now();
+                        lease = kv.lease();
                         let leader = String::from_utf8_lossy(kv.value()).into_owned();
                         self.publish("standby", Some(leader));
                     }
@@ -275,8 +308,11 @@ impl Role {
     /// or (true) when the agent stops.
     async fn lead(&mut self, lease: i64, granted: Instant) -> bool {
         let ttl = self.ttl();
-        let mut valid_until = granted + ttl;
-        self.answer_until(Some(valid_until));
+        // When etcd could let another take over at the earliest: by the
+        // lease, and by the heartbeat (`FENCE`); ARP until the earlier.
+        let mut lease_until = granted + ttl;
+        let mut fence = granted + FENCE;
+        self.answer_until(Some(fence.min(lease_until)));
         self.set_flags(FLAG_ARP_ACTIVE).await;
         log::info!(
             "active in group {}: answering ARP for the EIPs, announcing them",
@@ -285,34 +321,88 @@ impl Role {
         self.publish("active", Some(self.cfg.node.clone()));
         self.spawn_announcements();
         let mut stop = self.stop.clone();
+        let mut next_renewal = granted + ttl / 3;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = stop.wait_for(|s| *s) => return true,
             }
             let sent = Instant::now();
-            match self.renew(lease, valid_until).await {
-                Ok(true) => {
-                    valid_until = sent + ttl;
-                    self.answer_until(Some(valid_until));
+            if sent >= next_renewal {
+                match self.renew(lease, lease_until).await {
+                    Ok(true) => {
+                        lease_until = sent + ttl;
+                        next_renewal = sent + ttl / 3;
+                    }
+                    Ok(false) => {
+                        log::warn!("the group's lease ran out: stepping down");
+                        return false;
+                    }
+                    Err(e) if Instant::now() + ttl / 3 >= lease_until => {
+                        log::warn!(
+                            "{e}; the lease is running out: stepping down (no ARP answered)"
+                        );
+                        return false;
+                    }
+                    Err(e) => log::warn!("renewing the group's lease: {e}; trying again"),
                 }
-                Ok(false) => {
-                    log::warn!("the group's lease ran out: stepping down");
-                    return false;
-                }
-                Err(e) if Instant::now() + ttl / 3 >= valid_until => {
-                    log::warn!("{e}; the lease is running out: stepping down (no ARP answered)");
-                    return false;
-                }
-                Err(e) => log::warn!("renewing the group's lease: {e}; trying again"),
             }
+            let sent = Instant::now();
+            match self.heartbeat(lease, fence).await {
+                Ok(true) => fence = sent + FENCE,
+                Ok(false) => {
+                    log::warn!("the group's key is no longer this gateway's: stepping down");
+                    return false;
+                }
+                Err(e) if Instant::now() >= fence => {
+                    log::warn!("{e}; no heartbeat for {FENCE:?}: stepping down (no ARP answered)");
+                    return false;
+                }
+                Err(e) => log::warn!("the group's heartbeat: {e}; trying again"),
+            }
+            self.answer_until(Some(fence.min(lease_until)));
         }
+    }
+
+    /// Writes the key again, only while it is held with `lease`: true if
+    /// written, false if it is not this gateway's any more. Given up at
+    /// `deadline`.
+    async fn heartbeat(&self, lease: i64, deadline: Instant) -> Result<bool, EtcdError> {
+        let txn = Txn::new()
+            .when([Compare::lease(self.key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                self.cfg.node.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let attempt = async {
+            let mut client = self.etcd.client().await?;
+            Ok(client.txn(txn).await?.succeeded())
+        };
+        self.until(deadline, "the group's heartbeat", attempt).await
+    }
+
+    /// `attempt`, given up at `deadline`; a new channel to etcd after an
+    /// attempt that could not reach it.
+    async fn until<T>(
+        &self,
+        deadline: Instant,
+        what: &'static str,
+        attempt: impl std::future::Future<Output = Result<T, EtcdError>>,
+    ) -> Result<T, EtcdError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = tokio::time::timeout(left, attempt)
+            .await
+            .map_err(|_| EtcdError::Timeout(what))?;
+        if result.as_ref().is_err_and(EtcdError::unreachable) {
+            self.etcd.reconnect().await;
+        }
+        result
     }
 
     /// One keep-alive of `lease`, given up at `deadline`: true if etcd
     /// renewed it, false if it is gone.
     async fn renew(&self, lease: i64, deadline: Instant) -> Result<bool, EtcdError> {
-        let left = deadline.saturating_duration_since(Instant::now());
         let attempt = async {
             let mut client = self.etcd.client().await?;
             let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
@@ -322,13 +412,7 @@ impl Role {
                 None => Err(EtcdError::Unreachable("the keep-alive stream ended".into())),
             }
         };
-        let result = tokio::time::timeout(left, attempt)
-            .await
-            .map_err(|_| EtcdError::Timeout("renewing the lease"))?;
-        if result.as_ref().is_err_and(EtcdError::unreachable) {
-            self.etcd.reconnect().await;
-        }
-        result
+        self.until(deadline, "renewing the lease", attempt).await
     }
 
     /// Gratuitous ARP for every EIP, in two rounds, on a blocking thread.

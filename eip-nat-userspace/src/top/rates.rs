@@ -153,6 +153,7 @@ pub(crate) mod tests {
                 generation: 9,
                 applied_generation: 7,
                 reconcile: None,
+                standby: None,
             },
             verdicts,
             associations: eips.len() as u64,
