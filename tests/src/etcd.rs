@@ -19,6 +19,7 @@ use crate::{
     agent::{Agent, AgentHome},
     netns::{veth, End, Namespaces, Topology},
     require_root,
+    sockets::{sa, udp_socket},
 };
 
 const CLIENT_PORT: u16 = 2379;
@@ -31,6 +32,17 @@ pub struct Member {
     peer_port: u16,
 }
 
+/// TLS for etcd's client URLs (https, clients must present a certificate
+/// signed by `ca`), and the client certificate the test's `etcdctl` uses.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
 pub struct Etcd {
     /// The namespace the members run in.
     pub ns: String,
@@ -39,12 +51,20 @@ pub struct Etcd {
     pub members: Vec<Member>,
     dir: PathBuf,
     initial_cluster: String,
+    tls: Option<EtcdTls>,
+    /// `user:password` for the test's `etcdctl`, once authentication is on.
+    pub ctl_user: Option<String>,
 }
 
 impl Etcd {
     /// Starts `nodes` members in `ns`, listening for clients on loopback and
     /// on `listen`, and waits until the cluster answers.
     pub fn start(ns: &str, nodes: usize, listen: &[Ipv4Addr]) -> Self {
+        Self::start_with(ns, nodes, listen, None)
+    }
+
+    /// [`Etcd::start`], with TLS on the client URLs if `tls` is given.
+    pub fn start_with(ns: &str, nodes: usize, listen: &[Ipv4Addr], tls: Option<EtcdTls>) -> Self {
         let dir = std::env::temp_dir().join(format!("eip-nat-etcd-{ns}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -67,6 +87,8 @@ impl Etcd {
             members,
             dir,
             initial_cluster,
+            tls,
+            ctl_user: None,
         };
         for i in 0..nodes {
             etcd.spawn(i);
@@ -78,12 +100,22 @@ impl Etcd {
     fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
         let data = self.dir.join(&m.name);
-        let mut clients = vec![format!("http://127.0.0.1:{}", m.client_port)];
+        let scheme = self.scheme();
+        let mut clients = vec![format!("{scheme}://127.0.0.1:{}", m.client_port)];
         clients.extend(
             self.listen
                 .iter()
-                .map(|a| format!("http://{a}:{}", m.client_port)),
+                .map(|a| format!("{scheme}://{a}:{}", m.client_port)),
         );
+        let tls: Vec<String> = match &self.tls {
+            None => Vec::new(),
+            Some(t) => vec![
+                format!("--cert-file={}", t.server_cert.display()),
+                format!("--key-file={}", t.server_key.display()),
+                format!("--trusted-ca-file={}", t.ca.display()),
+                "--client-cert-auth".into(),
+            ],
+        };
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, "etcd"])
@@ -91,9 +123,10 @@ impl Etcd {
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", clients.join(",")))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={scheme}://127.0.0.1:{}",
                 m.client_port
             ))
+            .args(&tls)
             .arg(format!(
                 "--listen-peer-urls=http://127.0.0.1:{}",
                 m.peer_port
@@ -122,8 +155,16 @@ impl Etcd {
     pub fn endpoints(&self, addr: Ipv4Addr) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://{addr}:{}", m.client_port))
+            .map(|m| format!("{}://{addr}:{}", self.scheme(), m.client_port))
             .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// `--etcd-endpoint URL` for each member, for an agent that reaches
@@ -141,7 +182,7 @@ impl Etcd {
         self.members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -149,10 +190,19 @@ impl Etcd {
     /// `etcdctl ARGS…` against the running members; its output, or the
     /// error.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcdctl"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcdctl"])
             .arg(format!("--endpoints={}", self.loopback_endpoints()))
-            .args(["--command-timeout=3s", "--dial-timeout=2s"])
+            .args(["--command-timeout=3s", "--dial-timeout=2s"]);
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.client_cert.display()))
+                .arg(format!("--key={}", t.client_key.display()));
+        }
+        if let Some(u) = &self.ctl_user {
+            cmd.arg(format!("--user={u}"));
+        }
+        let out = cmd
             .args(args)
             .output()
             .expect("run etcdctl (Debian's etcd-client)");
@@ -290,12 +340,22 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(gateways: usize, members: usize) -> Self {
+        Self::new_with(gateways, members, |_| None)
+    }
+
+    /// [`Fleet::new`], with etcd's TLS made by `tls` from the addresses
+    /// etcd listens on for the gateways.
+    pub fn new_with(
+        gateways: usize,
+        members: usize,
+        tls: impl FnOnce(&[Ipv4Addr]) -> Option<EtcdTls>,
+    ) -> Self {
         require_root();
         let mut topologies: Vec<Topology> = (0..gateways).map(|_| Topology::new()).collect();
         let gw_ns: Vec<String> = topologies.iter().map(|t| t.gw_public.ns.clone()).collect();
         let names: Vec<&str> = gw_ns.iter().map(String::as_str).collect();
         let (ns, addrs) = link_to_gateways(&mut topologies[0].namespaces, &names);
-        let etcd = Etcd::start(&ns, members, &addrs);
+        let etcd = Etcd::start_with(&ns, members, &addrs, tls(&addrs));
         Self {
             etcd,
             addrs,
@@ -317,7 +377,13 @@ impl Fleet {
     /// Starts the agent of gateway `i` in `home` (an earlier agent's: its
     /// local copy, and its datapath).
     pub fn start_in(&self, home: Arc<AgentHome>, i: usize) -> Agent {
-        let args = self.agent_args(i);
+        self.start_in_with(home, i, &[])
+    }
+
+    /// [`Fleet::start_in`] with `extra` arguments for the agent.
+    pub fn start_in_with(&self, home: Arc<AgentHome>, i: usize, extra: &[&str]) -> Agent {
+        let mut args = self.agent_args(i);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let t = &self.topologies[i];
         Agent::start_in(
@@ -328,4 +394,16 @@ impl Fleet {
             &args,
         )
     }
+}
+
+/// A datagram from the topology's internet to its EIP reaches the
+/// instance's private address (translated by that gateway's datapath).
+pub fn translated(t: &Topology, port: u16) -> bool {
+    let inst = udp_socket(&t.instance.ns, sa(t.instance.addr, port));
+    inst.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let inet = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    inet.send_to(b"fleet", sa(t.eip, port)).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(inst.recv_from(&mut buf), Ok((5, from)) if from.ip() == std::net::IpAddr::V4(t.internet.addr))
 }

@@ -18,8 +18,8 @@ use eip_nat::{
 };
 use integration_tests::{
     agent::{Agent, AgentHome},
-    etcd::{self, Etcd, Fleet},
-    netns::{Namespaces, Topology},
+    etcd::{self, translated, Etcd, Fleet},
+    netns::Namespaces,
     require_root,
     sockets::{sa, udp_socket},
 };
@@ -68,18 +68,6 @@ fn wait_applied(agent: &mut Agent, generation: u64, timeout: Duration) -> Durati
         g.applied_generation >= generation && g.reconcile.is_none()
     });
     start.elapsed()
-}
-
-/// A datagram from the topology's internet to its EIP reaches the
-/// instance's private address (translated by that gateway's datapath).
-fn translated(t: &Topology, port: u16) -> bool {
-    let inst = udp_socket(&t.instance.ns, sa(t.instance.addr, port));
-    inst.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let inet = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
-    inet.send_to(b"fleet", sa(t.eip, port)).unwrap();
-    let mut buf = [0u8; 64];
-    matches!(inst.recv_from(&mut buf), Ok((5, from)) if from.ip() == std::net::IpAddr::V4(t.internet.addr))
 }
 
 fn rows(agent: &Agent) -> (u64, String, String) {

@@ -173,6 +173,10 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             vec![root_test("fleet")],
         ),
         (
+            "fleet security netns test on a real etcd with TLS and authentication (an agent with a CA, a client certificate and a user writes and translates; a wrong password refused with 500, no client certificate with 503)",
+            vec![root_test("fleet_security")],
+        ),
+        (
             "active/standby netns test on a real etcd (two gateways on one L2 uplink: only the active answers ARP; the active's host dies, the standby takes over with gratuitous ARP, the loss measured; a stopped active hands over at once; with etcd gone the active stops answering ARP)",
             vec![root_test("standby")],
         ),
