@@ -289,6 +289,27 @@ impl Agent {
         ]);
     }
 
+    /// A primary ENI `eni` (instance `i-<eni>`) with `private_ip`, and
+    /// `eip` associated with it in NAT mode, through the API.
+    pub fn primary_nat(&self, eni: &str, private_ip: std::net::Ipv4Addr, eip: std::net::Ipv4Addr) {
+        let api = self.client();
+        api.event(&eip_nat::model::Event::CreateEni {
+            eni: eni.into(),
+            kind: eip_nat::model::EniKind::Primary,
+            primary_ip: private_ip,
+            instance: Some(format!("i-{eni}")),
+            location: Default::default(),
+        })
+        .expect("create the ENI");
+        api.event(&eip_nat::model::Event::Associate {
+            eip,
+            eni: eni.into(),
+            private_ip: None,
+            mode: eip_nat::model::Mode::Nat,
+        })
+        .expect("associate");
+    }
+
     /// SIGKILL: no cleanup of any kind.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eip_nat::model::{EniKind, Event, Location, Mode};
 use eip_nat_common::{
     maps::{CONFIG, FLAG_TRACE},
     Config,
@@ -87,22 +86,7 @@ fn drops_are_traced_into_a_pcap_and_translations_sampled() {
     require_root();
     let t = Topology::new();
     let agent = Agent::on(&t, &[]);
-    let api = agent.client();
-    api.event(&Event::CreateEni {
-        eni: "eni-1".into(),
-        kind: EniKind::Primary,
-        primary_ip: t.instance.addr,
-        instance: Some("i-1".into()),
-        location: Location::default(),
-    })
-    .unwrap();
-    api.event(&Event::Associate {
-        eip: t.eip,
-        eni: "eni-1".into(),
-        private_ip: None,
-        mode: Mode::Nat,
-    })
-    .unwrap();
+    agent.primary_nat("eni-1", t.instance.addr, t.eip);
     assert!(!trace_flag(&agent), "nobody traces: the flag is off");
     ns_sh(
         &t.internet.ns,

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use eip_nat::model::{EniKind, Event, Location, Mode};
+use eip_nat::model::{Event, Location, Mode};
 use integration_tests::{
     agent::Agent,
     netns::{in_netns, Topology},
@@ -36,15 +36,7 @@ fn no_byte_is_lost_or_counted_twice_across_disassociate_and_reassociate() {
     let t = Topology::new();
     let agent = Agent::on(&t, &[]);
     let api = agent.client();
-    api.event(&Event::CreateEni {
-        eni: "eni-1".into(),
-        kind: EniKind::Primary,
-        primary_ip: t.instance.addr,
-        instance: Some("i-1".into()),
-        location: Location::default(),
-    })
-    .unwrap();
-    api.event(&associate(t.eip)).unwrap();
+    agent.primary_nat("eni-1", t.instance.addr, t.eip);
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
