@@ -232,8 +232,6 @@ impl Store {
         generation: u64,
     ) -> Result<(), StoreError> {
         let tx = db!(self.db.begin_write())?;
-        self.usage_pending
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         {
             let mut enis = db!(tx.open_table(ENIS))?;
             for id in &touched.enis {
@@ -262,6 +260,9 @@ impl Store {
             db!(db!(tx.open_table(META))?.insert(GENERATION, generation))?;
         }
         db!(tx.commit())?;
+        // Durable, and with it every usage commit before it.
+        self.usage_pending
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
