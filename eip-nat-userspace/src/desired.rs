@@ -4,7 +4,8 @@
 //! its own; the accepted ones are recorded in one store transaction (one
 //! fsync). If that transaction fails, memory is put back to what the store
 //! holds, from the undo journals, which cannot fail: memory and store
-//! always agree.
+//! agree once every commit is done (`Gateway::recover` does the same for
+//! groups that were pipelined).
 
 use crate::{
     api::Batch,
@@ -53,6 +54,12 @@ pub struct Group {
 impl Group {
     pub fn accepted(&self) -> usize {
         self.journals.len()
+    }
+
+    /// The undo journals, to keep until the group is durable
+    /// ([`Desired::undo_journals`]).
+    pub fn take_journals(&mut self) -> Vec<Journal> {
+        std::mem::take(&mut self.journals)
     }
 }
 
@@ -161,10 +168,15 @@ impl Desired {
     /// Undoes every accepted write of `group` in memory, newest first: the
     /// state is as it was before [`Desired::admit`].
     pub fn undo(&mut self, group: &mut Group) {
-        for journal in group.journals.drain(..).rev() {
+        self.undo_journals(group.take_journals());
+        group.generation = self.generation;
+    }
+
+    /// Undoes the writes `journals` recorded, newest first.
+    pub fn undo_journals(&mut self, journals: Vec<Journal>) {
+        for journal in journals.into_iter().rev() {
             self.state.undo(journal);
         }
-        group.generation = self.generation;
     }
 }
 

@@ -1,20 +1,25 @@
 //! The agent's state: the rule-checked model, its durable copy, the
-//! datapath's maps and the host routes, changed in that order.
+//! datapath's maps and the host routes.
 //!
-//! A group of writes is checked against the rules, then committed to the
-//! store (the desired state) in one transaction, then applied to the maps
-//! and routes, and only then answered. The store is the truth: if the
-//! agent dies between the commit and the datapath, the next agent's
-//! reconcile applies the difference. One thread owns the gateway
-//! (`writer.rs`); readers use the store's snapshots and the counters
-//! (`reads.rs`), and never wait for it.
+//! A group of writes is checked against the rules and applied to the maps
+//! and routes; its rows (with the usage it ended and started) are then
+//! committed to the store in one transaction on the committer's thread
+//! (`committer.rs`) while this one takes the next group, and its writers
+//! are answered once the commit is durable. So the datapath may hold a
+//! change for the moment of its commit before the store does, and nobody
+//! has been told of it yet: if the agent dies then, the next agent's
+//! reconcile takes it out again (the store is the truth); if the commit
+//! fails, [`Gateway::recover`] undoes it in memory and in the datapath.
+//! A fleet's gateway records in etcd first, then applies (`shared.rs`).
+//! One thread owns the gateway (`writer.rs`); readers use the store's
+//! snapshots and the counters (`reads.rs`), and never wait for it.
 
 mod shared;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
 };
 
 use eip_nat_common::{
@@ -26,6 +31,7 @@ use thiserror::Error;
 
 use crate::{
     api::{Batch, Generation},
+    committer::Committer,
     datapath::{Datapath, DatapathError},
     desired::{Desired, Group, HostChecks, Write},
     fleet::EtcdError,
@@ -34,8 +40,8 @@ use crate::{
     public_access,
     routes::{host_route, ForeignRoute, RouteError, Routes},
     status::{Phase, Status},
-    store::{Store, StoreError},
-    usage::{self, Counts, Period, Turnover, UsageRecord},
+    store::{Changes, Store, StoreError},
+    usage::{self, Counts, Period, Turned, Turnover, UsageRecord},
 };
 
 #[derive(Debug, Error)]
@@ -122,7 +128,33 @@ pub struct Reconciled {
     pub routes_conflicting: usize,
 }
 
+/// A group applied but not yet known durable ([`Gateway::submit`]).
+struct InFlight {
+    generation: u64,
+    journals: Vec<crate::model::Journal>,
+    periods: Vec<(Ipv4Addr, Option<Period>)>,
+}
+
+/// Gets a group's outcomes, one per write, once it is durable.
+pub type Reply = Box<dyn FnOnce(Vec<Result<Generation, GatewayError>>) + Send>;
+
 pub struct Gateway {
+    /// Makes groups durable off this thread (`committer.rs`); first, so
+    /// that it drains before the store closes. None: each group is
+    /// committed before it is applied (a fleet's gateway, whose truth is
+    /// etcd; or after a failed commit, [`Gateway::recover`]).
+    committer: Option<Committer>,
+    /// Counts the committer's failures: a group of an epoch whose commit
+    /// failed is not recorded (`committer.rs`).
+    epoch: u64,
+    /// The epoch whose commit failed, set by the committer, taken by
+    /// [`Gateway::recover`].
+    store_failed: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The newest generation the committer has made durable.
+    durable: Arc<std::sync::atomic::AtomicU64>,
+    /// The groups applied but not known durable, oldest first, with what
+    /// undoes them in memory.
+    in_flight: std::collections::VecDeque<InFlight>,
     desired: Desired,
     applied: u64,
     datapath: Datapath,
@@ -218,7 +250,19 @@ impl Opening {
             }
             None => None,
         };
+        let committer = match Committer::start(desired.store.tables()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::warn!("starting the commit thread: {e}; committing on the writer's");
+                None
+            }
+        };
         let mut gw = Gateway {
+            committer,
+            epoch: 0,
+            store_failed: Default::default(),
+            durable: Arc::new(generation.into()),
+            in_flight: Default::default(),
             desired,
             applied: 0,
             datapath,
@@ -367,15 +411,17 @@ impl Gateway {
         }
         self.datapath.rebuild_filter(desired.keys().copied())?;
         self.mark_applied(self.desired.generation)?;
+        self.status.set_applied(self.applied);
         Ok(r)
     }
 
+    /// Notes in the datapath that it holds `generation`; what readers see
+    /// (`status`) follows once that generation is durable.
     fn mark_applied(&mut self, generation: u64) -> Result<(), DatapathError> {
         let mut config = self.datapath.config()?;
         config.generation = generation;
         self.datapath.set_config(config)?;
         self.applied = generation;
-        self.status.set_applied(generation);
         Ok(())
     }
 
@@ -429,10 +475,31 @@ impl Gateway {
 
     /// Applies a group of writes, each accepted or refused on its own, the
     /// accepted ones recorded in one store transaction (group commit) and
-    /// then applied to the datapath; one outcome per write, in order.
+    /// applied to the datapath; one outcome per write, in order, once the
+    /// group is durable.
     pub fn write(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
-        if self.shared.is_some() {
-            return self.write_shared(writes);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            writes,
+            Box::new(move |outcomes| {
+                let _ = tx.send(outcomes);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| writes.iter().map(|_| Err(GatewayError::Stopped)).collect())
+    }
+
+    /// [`Gateway::write`] without waiting: `reply` gets the outcomes once
+    /// the group is durable (on the committer's thread). The group is
+    /// checked and applied to the datapath now, and committed while the
+    /// next group is checked: the datapath may hold a change for the
+    /// moment of its commit before the store does. That is safe because
+    /// nobody has been answered yet: a crash meanwhile is undone by the
+    /// next start's reconcile, a failed commit by [`Gateway::recover`].
+    pub fn submit(&mut self, writes: &[Write], reply: Reply) {
+        self.recover();
+        if self.shared.is_some() || self.committer.is_none() {
+            return reply(self.write_committed(writes));
         }
         let t0 = std::time::Instant::now();
         let mut host = Host {
@@ -441,36 +508,171 @@ impl Gateway {
         };
         let mut group = self.desired.admit(writes, &mut host);
         let admitted = t0.elapsed();
-        let recorded = self.desired.record(&mut group);
+        let before = self.desired.generation;
+        let generation = group.generation;
+        let journals = group.take_journals();
+        let changes = (generation > before).then(|| {
+            self.desired.generation = generation;
+            Changes::rows(&self.desired.state, &group.touched, generation)
+        });
+        let (outcomes, turned) = self.apply_group(group, before);
+        let changes = changes.map(|mut c| {
+            c.usage(&turned.ended, &turned.opened, &turned.closed);
+            c
+        });
         log::debug!(
-            "group of {} writes ({} accepted): admitted in {:?}, recorded in {:?}",
+            "group of {} writes: admitted in {admitted:?}, applied in {:?}",
             writes.len(),
-            group.accepted(),
-            admitted,
             t0.elapsed() - admitted
         );
-        if let Err(e) = recorded {
+        // What is durable needs no undoing.
+        let durable = self.durable.load(Ordering::Acquire);
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.generation <= durable)
+        {
+            self.in_flight.pop_front();
+        }
+        if changes.is_some() {
+            self.in_flight.push_back(InFlight {
+                generation,
+                journals,
+                periods: turned.before,
+            });
+        }
+        let status = Arc::clone(&self.status);
+        let failed = Arc::clone(&self.store_failed);
+        let durable = Arc::clone(&self.durable);
+        let epoch = self.epoch;
+        let applied = self.applied;
+        let recorded = changes.is_some();
+        let committer = self.committer.as_ref().expect("checked above");
+        committer.submit(
+            epoch,
+            changes,
+            Box::new(move |committed| match committed {
+                Ok(()) => {
+                    if recorded {
+                        durable.fetch_max(generation, Ordering::AcqRel);
+                    }
+                    status.set_generation(generation);
+                    status.set_applied(applied);
+                    reply(outcomes)
+                }
+                Err(e) => {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
+                    reply(
+                        outcomes
+                            .into_iter()
+                            .map(|o| o.and(Err(GatewayError::Store(Arc::clone(&e)))))
+                            .collect(),
+                    )
+                }
+            }),
+        );
+    }
+
+    /// If a commit failed: the groups not durable undone in memory, newest
+    /// first (so memory holds what the store holds, without reading it),
+    /// and the datapath reconciled to that; the groups queued after the
+    /// failed one failed too (`committer.rs`). Called before each group;
+    /// the writer also calls it when idle.
+    pub fn recover(&mut self) {
+        let failed = self
+            .store_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if failed != Some(self.epoch) {
+            return;
+        }
+        self.epoch += 1;
+        // After an I/O error redb refuses every write until it is opened
+        // again: from now on each group is recorded before it is applied,
+        // so a refused commit leaves the datapath alone.
+        drop(self.committer.take());
+        let durable = self.durable.load(Ordering::Acquire);
+        let mut undone = 0;
+        while let Some(f) = self.in_flight.pop_back() {
+            if f.generation <= durable {
+                break;
+            }
+            for (eip, period) in f.periods.into_iter().rev() {
+                match period {
+                    Some(p) => self.periods.insert(eip, p),
+                    None => self.periods.remove(&eip),
+                };
+            }
+            self.desired.undo_journals(f.journals);
+            undone += 1;
+        }
+        self.in_flight.clear();
+        self.desired.generation = durable;
+        self.status.set_generation(durable);
+        log::error!(
+            "a change failed to record: {undone} groups undone, back to generation {durable}; \
+             reconciling the datapath to it"
+        );
+        let reconciled = self.reconcile().map(|_| ());
+        match reconciled.and_then(|()| Ok(self.mark_applied(durable)?)) {
+            Ok(()) => self.status.set_applied(durable),
+            Err(e) => log::error!("reconciling after a failed commit: {}", chain(&e)),
+        }
+    }
+
+    /// Each group committed before it is applied (a fleet's gateway, or
+    /// without a committer thread).
+    fn write_committed(&mut self, writes: &[Write]) -> Vec<Result<Generation, GatewayError>> {
+        if self.shared.is_some() {
+            return self.write_shared(writes);
+        }
+        let mut host = Host {
+            routes: &mut self.routes,
+            routed: &self.routed,
+        };
+        let mut group = self.desired.admit(writes, &mut host);
+        if let Err(e) = self.desired.record(&mut group) {
             // Memory is back to what the store holds; nothing else changed.
             let e = Arc::new(e);
             return not_recorded(group, || GatewayError::Store(Arc::clone(&e)));
         }
         let before = group.generation - group.accepted() as u64;
-        self.apply_group(group, before)
+        self.apply_recorded(group, before)
     }
 
-    /// Applies a recorded group to the datapath (all of it again if the
-    /// datapath was not at `before`, the generation the group was checked
-    /// against); one outcome per write.
-    fn apply_group(&mut self, group: Group, before: u64) -> Vec<Result<Generation, GatewayError>> {
+    /// [`Gateway::apply_group`] for a group already recorded: its usage
+    /// recorded after it, the progress shown.
+    fn apply_recorded(
+        &mut self,
+        group: Group,
+        before: u64,
+    ) -> Vec<Result<Generation, GatewayError>> {
+        let generation = group.generation;
+        let (outcomes, turned) = self.apply_group(group, before);
+        self.record_usage(&turned);
+        self.status.set_generation(generation);
+        self.status.set_applied(self.applied);
+        outcomes
+    }
+
+    /// Applies a group to the datapath (all of it again if the datapath
+    /// was not at `before`, the generation the group was checked against);
+    /// one outcome per write, and the usage the group ended and started.
+    fn apply_group(
+        &mut self,
+        group: Group,
+        before: u64,
+    ) -> (Vec<Result<Generation, GatewayError>>, Turned) {
         let generation = group.generation;
         let mut failed = None;
-        if group.accepted() > 0 {
-            let t0 = std::time::Instant::now();
-            self.status.set_generation(generation);
+        let mut turned = Turned::default();
+        // Only accepted writes advance the generation.
+        if generation > before {
             let turnover = usage::turnover(&self.periods, &self.desired.state, &group.touched);
             let applied = if self.applied == before {
                 self.apply_touched(&group.touched, &turnover)
-                    .map(|readings| self.turn_periods(turnover, &readings))
+                    .map(|readings| turned = self.turn_periods(turnover, &readings))
             } else {
                 // An earlier change did not reach the datapath: redo all
                 // (usage periods follow, as at start).
@@ -480,9 +682,8 @@ impl Gateway {
                 .and_then(|()| Ok(self.mark_applied(generation)?))
                 .err()
                 .map(Arc::new);
-            log::debug!("generation {generation} applied in {:?}", t0.elapsed());
         }
-        group
+        let outcomes = group
             .outcomes
             .into_iter()
             .map(|o| {
@@ -500,7 +701,8 @@ impl Gateway {
                     }),
                 }
             })
-            .collect()
+            .collect();
+        (outcomes, turned)
     }
 
     /// Applies what `touched` names to the routes and maps; returns the
@@ -588,11 +790,12 @@ impl Gateway {
     }
 
     /// Ends and starts usage periods (`turnover`, with the readings that
-    /// split them), recording what ended: durably, in its own transaction
-    /// after the change itself.
-    fn turn_periods(&mut self, turnover: Turnover, readings: &BTreeMap<u32, Counts>) {
+    /// split them); returns what to record: with the change's own commit
+    /// when it is pipelined ([`Gateway::submit`]), else after it
+    /// ([`Gateway::record_usage`]).
+    fn turn_periods(&mut self, turnover: Turnover, readings: &BTreeMap<u32, Counts>) -> Turned {
         if turnover.ended.is_empty() && turnover.started.is_empty() {
-            return;
+            return Turned::default();
         }
         let now = usage::now_ns();
         let records: Vec<UsageRecord> = turnover
@@ -622,14 +825,37 @@ impl Gateway {
             .map(|r| r.carried.eip)
             .filter(|eip| !opened.iter().any(|p| p.carried.eip == *eip))
             .collect();
-        if let Err(e) = self.desired.store.record_usage(&records, &opened, &closed) {
-            log::error!("recording usage: {}", chain(&e));
-        }
+        let before = closed
+            .iter()
+            .chain(opened.iter().map(|p| &p.carried.eip))
+            .map(|eip| (*eip, self.periods.get(eip).cloned()))
+            .collect();
         for eip in &closed {
             self.periods.remove(eip);
         }
-        for p in opened {
-            self.periods.insert(p.carried.eip, p);
+        for p in &opened {
+            self.periods.insert(p.carried.eip, p.clone());
+        }
+        Turned {
+            ended: records,
+            opened,
+            closed,
+            before,
+        }
+    }
+
+    /// Records `turned` in a transaction of its own, without an fsync
+    /// (`Store::record_usage`).
+    fn record_usage(&self, turned: &Turned) {
+        if turned.ended.is_empty() && turned.opened.is_empty() && turned.closed.is_empty() {
+            return;
+        }
+        let recorded =
+            self.desired
+                .store
+                .record_usage(&turned.ended, &turned.opened, &turned.closed);
+        if let Err(e) = recorded {
+            log::error!("recording usage: {}", chain(&e));
         }
     }
 
@@ -656,7 +882,8 @@ impl Gateway {
         for slot in turnover.ending_slots() {
             readings.insert(slot, Counts::from(self.datapath.eip_counters(slot)?));
         }
-        self.turn_periods(turnover, &readings);
+        let turned = self.turn_periods(turnover, &readings);
+        self.record_usage(&turned);
         Ok(())
     }
 

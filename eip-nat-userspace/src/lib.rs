@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod committer;
 pub mod config;
 pub mod datapath;
 pub mod desired;

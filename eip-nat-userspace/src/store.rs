@@ -1,9 +1,10 @@
 //! The desired state, durable: an embedded redb database in the state
 //! directory. Every group of accepted events (one, or as many as arrived
-//! together: group commit) is one write transaction, committed with redb's
-//! default immediate durability before the datapath changes and before
-//! anyone is answered, so a `kill -9` at any point leaves a store that
-//! opens consistent: with or without each event, never half of one.
+//! together: group commit; several groups, when they queue behind a
+//! commit, `committer.rs`) is one write transaction, committed with redb's
+//! default immediate durability before anyone is answered, so a `kill -9`
+//! at any point leaves a store that opens consistent: with or without each
+//! event, never half of one, and with every event that was answered.
 //!
 //! Reads ([`Snapshot`]) are redb read transactions: they see the last
 //! committed state and neither wait for the writer nor hold it up (redb
@@ -54,6 +55,11 @@ pub enum StoreError {
     },
     #[error("the state store is inconsistent: {0}")]
     Inconsistent(String),
+    /// A change checked after one that failed to record, and so not recorded.
+    #[error("an earlier change failed to record, and this one was checked after it")]
+    AfterFailure(#[source] Arc<StoreError>),
+    #[error("the agent is stopping")]
+    Stopped,
     #[error("the state directory {dir} is in use by another agent (or cannot be locked)")]
     Locked {
         dir: String,
@@ -94,8 +100,7 @@ pub struct Store {
     db: Arc<Database>,
     /// Held (flock) while the store is open: one agent per state directory.
     _lock: Option<std::fs::File>,
-    /// A usage commit since the last durable one (see [`Store::record_usage`]).
-    usage_pending: std::sync::atomic::AtomicBool,
+    tables: Tables,
 }
 
 impl Store {
@@ -147,10 +152,14 @@ impl Store {
             db!(tx.open_table(USAGE))?;
         }
         db!(tx.commit())?;
+        let db = Arc::new(db);
         Ok(Self {
-            db: Arc::new(db),
+            tables: Tables {
+                db: Arc::clone(&db),
+                usage_pending: Default::default(),
+            },
+            db,
             _lock: None,
-            usage_pending: Default::default(),
         })
     }
 
@@ -170,40 +179,21 @@ impl Store {
     /// periods, in one transaction.
     ///
     /// Without an fsync of its own (redb's `Durability::None`): readers see
-    /// it at once, and the next change's commit, which comes before that
-    /// change touches the datapath, makes it durable with that change, so
-    /// a change costs one fsync, not two. If the agent dies before, the
-    /// store still holds the ended period as open while its association is
-    /// gone; the next start ends it from the counters, which no change has
-    /// reset in between (`Gateway::open_periods`): the record is kept, only
-    /// its end time is later. A clean stop writes it at once (`Drop`).
+    /// it at once, and the next durable commit makes it durable, so a
+    /// change costs one fsync, not two. If the agent dies before, the store
+    /// still holds the ended period as open while its association is gone;
+    /// the next start ends it from the counters, which no change has reset
+    /// in between (`Gateway::open_periods`): the record is kept, only its
+    /// end time is later. A clean stop writes it at once (`Drop`).
     pub fn record_usage(
         &self,
         ended: &[UsageRecord],
         opened: &[Period],
         closed: &[Ipv4Addr],
     ) -> Result<(), StoreError> {
-        let mut tx = db!(self.db.begin_write())?;
-        tx.set_durability(redb::Durability::None);
-        self.usage_pending
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut usage = db!(tx.open_table(USAGE))?;
-            for r in ended {
-                let json = serde_json::to_vec(r).expect("records serialize");
-                db!(usage.insert(usage_key(r), json.as_slice()))?;
-            }
-            let mut periods = db!(tx.open_table(PERIODS))?;
-            for eip in closed {
-                db!(periods.remove(u32::from(*eip)))?;
-            }
-            for p in opened {
-                let json = serde_json::to_vec(p).expect("periods serialize");
-                db!(periods.insert(u32::from(p.carried.eip), json.as_slice()))?;
-            }
-        }
-        db!(tx.commit())?;
-        Ok(())
+        let mut usage = Changes::default();
+        usage.usage(ended, opened, closed);
+        self.tables.write(&[usage], false)
     }
 
     /// A handle for readers on other threads: each read sees the last
@@ -231,38 +221,130 @@ impl Store {
         touched: &Touched,
         generation: u64,
     ) -> Result<(), StoreError> {
-        let tx = db!(self.db.begin_write())?;
+        self.tables
+            .write(&[Changes::rows(state, touched, generation)], true)
+    }
+
+    /// The tables, to write from another thread (`committer.rs`).
+    pub fn tables(&self) -> Tables {
+        self.tables.clone()
+    }
+}
+
+/// Rows to write, serialized, owned: what one group changed (and the
+/// usage it ended and started), handed to the thread that commits it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    enis: Vec<(String, Option<Vec<u8>>)>,
+    associations: Vec<(u32, Option<Vec<u8>>)>,
+    generation: Option<u64>,
+    usage: Vec<(u128, Vec<u8>)>,
+    periods: Vec<(u32, Option<Vec<u8>>)>,
+}
+
+impl Changes {
+    /// The rows `touched` names, as they are in `state`, at `generation`.
+    pub fn rows(state: &State, touched: &Touched, generation: u64) -> Self {
+        let enis = touched
+            .enis
+            .iter()
+            .map(|id| {
+                let row = state
+                    .eni(id)
+                    .map(|eni| serde_json::to_vec(eni).expect("ENIs serialize"));
+                (id.clone(), row)
+            })
+            .collect();
+        let associations = touched
+            .eips
+            .iter()
+            .map(|eip| {
+                let row = state
+                    .association(*eip)
+                    .map(|a| serde_json::to_vec(a).expect("associations serialize"));
+                (u32::from(*eip), row)
+            })
+            .collect();
+        Self {
+            enis,
+            associations,
+            generation: Some(generation),
+            ..Self::default()
+        }
+    }
+
+    /// Adds periods that ended (their records), opened and closed.
+    pub fn usage(&mut self, ended: &[UsageRecord], opened: &[Period], closed: &[Ipv4Addr]) {
+        for r in ended {
+            let json = serde_json::to_vec(r).expect("records serialize");
+            self.usage.push((usage_key(r), json));
+        }
+        self.periods
+            .extend(closed.iter().map(|eip| (u32::from(*eip), None)));
+        for p in opened {
+            let json = serde_json::to_vec(p).expect("periods serialize");
+            self.periods.push((u32::from(p.carried.eip), Some(json)));
+        }
+    }
+}
+
+/// The store's tables, shared by the writer's thread and the committer's
+/// (redb takes one write transaction at a time).
+#[derive(Clone)]
+pub struct Tables {
+    db: Arc<Database>,
+    /// A commit without an fsync since the last durable one.
+    usage_pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tables {
+    /// Writes `changes`, in order, in one transaction: with an fsync
+    /// (`durable`), which makes every commit before it durable too, or
+    /// without (see [`Store::record_usage`]).
+    pub fn write(&self, changes: &[Changes], durable: bool) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut tx = db!(self.db.begin_write())?;
+        if !durable {
+            tx.set_durability(redb::Durability::None);
+            self.usage_pending.store(true, Relaxed);
+        }
         {
             let mut enis = db!(tx.open_table(ENIS))?;
-            for id in &touched.enis {
-                match state.eni(id) {
-                    Some(eni) => {
-                        let json = serde_json::to_vec(eni).expect("ENIs serialize");
-                        db!(enis.insert(id.as_str(), json.as_slice()))?;
-                    }
-                    None => {
-                        db!(enis.remove(id.as_str()))?;
-                    }
+            let mut associations = db!(tx.open_table(ASSOCIATIONS))?;
+            let mut usage = db!(tx.open_table(USAGE))?;
+            let mut periods = db!(tx.open_table(PERIODS))?;
+            for c in changes {
+                for (id, row) in &c.enis {
+                    match row {
+                        Some(json) => db!(enis.insert(id.as_str(), json.as_slice()))?,
+                        None => db!(enis.remove(id.as_str()))?,
+                    };
+                }
+                for (eip, row) in &c.associations {
+                    match row {
+                        Some(json) => db!(associations.insert(*eip, json.as_slice()))?,
+                        None => db!(associations.remove(*eip))?,
+                    };
+                }
+                for (key, json) in &c.usage {
+                    db!(usage.insert(*key, json.as_slice()))?;
+                }
+                for (eip, row) in &c.periods {
+                    match row {
+                        Some(json) => db!(periods.insert(*eip, json.as_slice()))?,
+                        None => db!(periods.remove(*eip))?,
+                    };
                 }
             }
-            let mut table = db!(tx.open_table(ASSOCIATIONS))?;
-            for eip in &touched.eips {
-                match state.association(*eip) {
-                    Some(a) => {
-                        let json = serde_json::to_vec(a).expect("associations serialize");
-                        db!(table.insert(u32::from(*eip), json.as_slice()))?;
-                    }
-                    None => {
-                        db!(table.remove(u32::from(*eip)))?;
-                    }
-                }
+            if let Some(generation) = changes.iter().filter_map(|c| c.generation).max() {
+                db!(db!(tx.open_table(META))?.insert(GENERATION, generation))?;
             }
-            db!(db!(tx.open_table(META))?.insert(GENERATION, generation))?;
         }
         db!(tx.commit())?;
-        // Durable, and with it every usage commit before it.
-        self.usage_pending
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if durable {
+            // Durable, and with it every commit before it.
+            self.usage_pending.store(false, Relaxed);
+        }
         Ok(())
     }
 }
@@ -270,10 +352,14 @@ impl Store {
 impl Drop for Store {
     /// Makes a usage commit that no change has followed durable.
     fn drop(&mut self) {
-        if !*self.usage_pending.get_mut() {
+        if !self
+            .tables
+            .usage_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
-        let flushed = db!(self.db.begin_write()).and_then(|tx| db!(tx.commit()));
+        let flushed = self.tables.write(&[], true);
         if let Err(e) = flushed {
             log::error!("writing the last usage records durably: {e}");
         }

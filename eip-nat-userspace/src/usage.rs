@@ -119,6 +119,19 @@ pub fn carried(state: &State, eip: Ipv4Addr) -> Option<Carried> {
     })
 }
 
+/// What a change wrote of usage, once the datapath took it: records of
+/// the periods that ended, the periods opened (or replaced), and the EIPs
+/// whose period closed with none after it.
+#[derive(Debug, Default)]
+pub struct Turned {
+    pub ended: Vec<UsageRecord>,
+    pub opened: Vec<Period>,
+    pub closed: Vec<Ipv4Addr>,
+    /// The open periods these replaced, by EIP (None: it had none), to
+    /// put back if the change is undone.
+    pub before: Vec<(Ipv4Addr, Option<Period>)>,
+}
+
 /// What a change did to the periods.
 #[derive(Debug, Default)]
 pub struct Turnover {

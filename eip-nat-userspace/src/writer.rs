@@ -2,10 +2,12 @@
 //! the writer takes every write waiting (up to [`MAX_GROUP`]) as one group:
 //! one store transaction and one fsync for all of them (group commit),
 //! each accepted or refused on its own, and every sender answered only
-//! once its write is durable and in the datapath. Kernel notifications and
-//! other calls are taken in their turn between groups.
+//! once its write is durable and in the datapath. The commit runs on the
+//! committer's thread (`committer.rs`) while this one takes the next
+//! group. Kernel notifications and other calls are taken in their turn
+//! between groups.
 
-use std::sync::mpsc;
+use std::{sync::mpsc, time::Duration};
 
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::oneshot;
@@ -74,11 +76,23 @@ impl Writer {
     }
 }
 
+/// How long the writer waits for a request before it checks, idle, that
+/// no commit has failed (`Gateway::recover`).
+const IDLE: Duration = Duration::from_millis(100);
+
 /// Serves requests until every [`Writer`] is dropped.
 pub fn serve(mut gw: Gateway, requests: Requests) {
     let mut writes = Vec::new();
     let mut replies = Vec::new();
-    while let Ok(first) = requests.0.recv() {
+    loop {
+        let first = match requests.0.recv_timeout(IDLE) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                gw.recover();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut next = Some(first);
         while let Some(request) = next {
             match request {
@@ -110,10 +124,15 @@ fn flush(gw: &mut Gateway, writes: &mut Vec<Write>, replies: &mut Vec<Reply>) {
     if writes.is_empty() {
         return;
     }
-    let outcomes = gw.write(writes);
+    let replies = std::mem::take(replies);
+    gw.submit(
+        writes,
+        Box::new(move |outcomes| {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The client may have gone; its write stands.
+                let _ = reply.send(outcome);
+            }
+        }),
+    );
     writes.clear();
-    for (reply, outcome) in replies.drain(..).zip(outcomes) {
-        // The client may have gone; its write stands.
-        let _ = reply.send(outcome);
-    }
 }

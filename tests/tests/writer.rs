@@ -242,3 +242,119 @@ fn the_api_answers_during_the_reconcile_at_start_and_shows_its_progress() {
         agent.log_text()
     );
 }
+
+/// A tmpfs mounted on `dir` (removed, lazily, when dropped): a disk that
+/// can be filled.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+
+    /// Writes `file` until the file system is full.
+    fn fill(&self, file: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join(file)).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        while f.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Whether a datagram to `eip` reaches the instance (three tries).
+fn reaches(t: &Topology, eip: Ipv4Addr) -> bool {
+    use integration_tests::{
+        netns::in_netns,
+        sockets::{sa, udp_socket},
+    };
+    let server = in_netns(&t.instance.ns, || {
+        std::net::UdpSocket::bind(sa(Ipv4Addr::UNSPECIFIED, 7001)).unwrap()
+    });
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let client = udp_socket(&t.internet.ns, sa(t.internet.addr, 0));
+    let mut buf = [0u8; 16];
+    (0..3).any(|_| {
+        client.send_to(b"ping", sa(eip, 7001)).unwrap();
+        server.recv_from(&mut buf).is_ok()
+    })
+}
+
+/// Issue #10, point 5, with groups pipelined (applied to the datapath
+/// while the group before commits): a commit that fails (the disk is
+/// full) is undone in memory and in the datapath, so memory, datapath and
+/// store agree; the next agent finds nothing to rewrite.
+#[test]
+fn a_commit_that_fails_is_undone_in_memory_and_in_the_datapath() {
+    require_root();
+    let t = Topology::new();
+    let home = AgentHome::new(&t.gw_public.ns);
+    let disk = Tmpfs::mount(&home.state, "32m");
+    let agent = Agent::on_in(&home, &t, &[]);
+    let api = agent.client();
+    agent.primary_nat("eni-1", t.instance.addr, t.eip);
+    assert!(reaches(&t, t.eip), "translated before");
+    let before = api.state().unwrap();
+
+    disk.fill("filler");
+    // Applied to the datapath before its commit, which fails: its first
+    // event takes the EIP away from the instance.
+    let mut events = vec![Event::Disassociate { eip: t.eip }];
+    events.extend(pairs(0, 5_000));
+    let e = api
+        .batch(&Batch {
+            events,
+            if_generation: None,
+        })
+        .expect_err("the disk is full");
+    assert!(e.to_string().contains("recording the change failed"), "{e}");
+    // Undone in the datapath: the EIP still reaches the instance.
+    assert!(
+        reaches(&t, t.eip),
+        "the failed batch is out of the datapath"
+    );
+    // Undone in memory: the EIP is still associated there (else this would
+    // be refused as unknown), and this write is recorded before it is
+    // applied, so its failure leaves the datapath alone.
+    let e = api
+        .event(&Event::Disassociate { eip: t.eip })
+        .expect_err("the store refuses writes after an I/O error");
+    assert!(
+        e.api().is_some_and(|a| a.rule.is_none()),
+        "not a refusal: {e}"
+    );
+    assert!(reaches(&t, t.eip));
+    assert!(
+        agent.log_text().contains("groups undone"),
+        "{}",
+        agent.log_text()
+    );
+    drop(agent);
+
+    std::fs::remove_file(home.state.join("filler")).unwrap();
+    let agent = Agent::on_in(&home, &t, &[]);
+    assert_eq!(agent.client().state().unwrap(), before);
+    assert!(
+        agent.log_text().contains(" 0 entries written"),
+        "the datapath held what the store holds: {}",
+        agent.log_text()
+    );
+    assert!(reaches(&t, t.eip));
+}

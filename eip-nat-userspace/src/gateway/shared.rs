@@ -27,6 +27,8 @@ pub(super) struct Shared {
 impl Gateway {
     /// Shares this gateway's state through `etcd` from now on.
     pub fn share(&mut self, etcd: Arc<Etcd>) {
+        // etcd is the truth, and a write goes there first, in turn.
+        self.committer = None;
         self.shared = Some(Shared {
             etcd,
             pending: Touched::default(),
@@ -48,7 +50,7 @@ impl Gateway {
             let mut group = self.desired.admit(writes, &mut host);
             let before = self.desired.generation;
             if group.accepted() == 0 {
-                return self.apply_group(group, before);
+                return self.apply_recorded(group, before);
             }
             let committed = etcd.block_on(etcd.commit(&self.desired.state, &group.touched, before));
             let error = match committed {
@@ -66,7 +68,7 @@ impl Gateway {
                         revision,
                         &mut shared.pending,
                     );
-                    return self.apply_group(group, before);
+                    return self.apply_recorded(group, before);
                 }
                 // Another gateway wrote first: take what it wrote, and
                 // check these writes again against it.
@@ -134,12 +136,14 @@ impl Gateway {
         if self.applied == before {
             let turnover = crate::usage::turnover(&self.periods, &self.desired.state, &touched);
             let readings = self.apply_touched(&touched, &turnover)?;
-            self.turn_periods(turnover, &readings);
+            let turned = self.turn_periods(turnover, &readings);
+            self.record_usage(&turned);
         } else {
             self.reconcile()?;
             self.open_periods()?;
         }
         self.mark_applied(generation)?;
+        self.status.set_applied(generation);
         Ok(())
     }
 }
