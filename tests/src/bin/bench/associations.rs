@@ -35,33 +35,54 @@ pub fn pairs(
 
 /// Loads [`pairs`] into an agent in batches of [`PER_BATCH`], each a
 /// primary ENI (`eni-<k>`, instance `i-<k>`) and a NAT association; the
-/// names are unique per agent only if this runs once on it.
-pub fn bulk_load(client: &Client, eips: [u8; 4], privates: [u8; 4], n: u32) -> Duration {
+/// names are unique per agent only if this runs once on it. [`SENDERS`]
+/// clients send batches at once, as a control plane resyncing a gateway
+/// would: one batch commits while the next is checked and applied.
+pub fn bulk_load(
+    client: impl Fn() -> Client + Sync,
+    eips: [u8; 4],
+    privates: [u8; 4],
+    n: u32,
+) -> Duration {
     let start = Instant::now();
-    for first in (0..n).step_by(PER_BATCH as usize) {
-        let mut events = Vec::new();
-        for k in first..n.min(first + PER_BATCH) {
-            let (eip, private_ip) = (nth(eips, k), nth(privates, k));
-            events.push(Event::CreateEni {
-                eni: format!("eni-{k}"),
-                kind: EniKind::Primary,
-                primary_ip: private_ip,
-                instance: Some(format!("i-{k}")),
-                location: Default::default(),
-            });
-            events.push(Event::Associate {
-                eip,
-                eni: format!("eni-{k}"),
-                private_ip: None,
-                mode: Mode::Nat,
+    std::thread::scope(|s| {
+        for sender in 0..SENDERS {
+            let client = client();
+            s.spawn(move || {
+                let firsts = (0..n).step_by(PER_BATCH as usize);
+                for first in firsts.skip(sender).step_by(SENDERS) {
+                    let events = (first..n.min(first + PER_BATCH))
+                        .flat_map(|k| {
+                            let (eip, private_ip) = (nth(eips, k), nth(privates, k));
+                            [
+                                Event::CreateEni {
+                                    eni: format!("eni-{k}"),
+                                    kind: EniKind::Primary,
+                                    primary_ip: private_ip,
+                                    instance: Some(format!("i-{k}")),
+                                    location: Default::default(),
+                                },
+                                Event::Associate {
+                                    eip,
+                                    eni: format!("eni-{k}"),
+                                    private_ip: None,
+                                    mode: Mode::Nat,
+                                },
+                            ]
+                        })
+                        .collect();
+                    client
+                        .batch(&Batch {
+                            events,
+                            if_generation: None,
+                        })
+                        .expect("batch");
+                }
             });
         }
-        client
-            .batch(&Batch {
-                events,
-                if_generation: None,
-            })
-            .expect("batch");
-    }
+    });
     start.elapsed()
 }
+
+/// Clients sending batches at once in [`bulk_load`].
+pub const SENDERS: usize = 2;

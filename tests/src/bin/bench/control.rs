@@ -24,7 +24,7 @@ use integration_tests::{
 };
 use serde::Serialize;
 
-use crate::associations::{bulk_load, PER_BATCH};
+use crate::associations::{bulk_load, PER_BATCH, SENDERS};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ControlPlane {
@@ -169,7 +169,7 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     eprintln!("control plane: loading {n} associations…");
     let stop = Arc::new(AtomicBool::new(false));
     let reads = reader(agent.client(), Arc::clone(&stop));
-    let load = bulk_load(&agent.client(), [11, 0, 0, 0], [10, 1, 0, 0], n);
+    let load = bulk_load(|| agent.client(), [11, 0, 0, 0], [10, 1, 0, 0], n);
     stop.store(true, Ordering::SeqCst);
     let read_during_batch = Latency::of(reads.join().unwrap());
     eprintln!(
@@ -297,7 +297,7 @@ pub fn control_table(c: &ControlPlane) -> String {
     format!(
         "Control plane, {n} associations (a primary ENI and an association each):\n\n\
          | | |\n|---|---|\n\
-         | load, in batches of {PER_BATCH} | {:.2} s ({:.0}/s) |\n\
+         | load, in batches of {PER_BATCH} from {SENDERS} clients at once | {:.2} s ({:.0}/s) |\n\
          {events}\
          | restart: API's first answer | {:.2} s |\n\
          | restart: ready (reconciled, attached; nothing to write) | {:.2} s |\n\

@@ -198,7 +198,7 @@ pub fn start_peer(peer: Peer, r: &Rig, associations: u32) -> Gateway {
                 agent.nat(&eip.to_string(), &private_ip.to_string());
             }
             if filler > 0 {
-                let took = bulk_load(&agent.client(), FILL_EIPS, FILL_PRIVATES, filler);
+                let took = bulk_load(|| agent.client(), FILL_EIPS, FILL_PRIVATES, filler);
                 eprintln!(
                     "  {filler} more associations in {:.1} s",
                     took.as_secs_f64()
