@@ -65,7 +65,8 @@ impl Group {
 
 pub struct Desired {
     pub state: State,
-    /// The last recorded generation.
+    /// The generation of the last group admitted: recorded, or (groups
+    /// pipelined, `Gateway::submit`) on its way to the store.
     pub generation: u64,
     pub store: Store,
 }

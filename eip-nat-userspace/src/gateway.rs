@@ -133,6 +133,18 @@ struct InFlight {
     generation: u64,
     journals: Vec<crate::model::Journal>,
     periods: Vec<(Ipv4Addr, Option<Period>)>,
+    /// The counter slots it freed (a later group that takes one waits
+    /// until this one is durable before it zeroes the slot).
+    freed: Vec<u32>,
+}
+
+/// What the committer reports of a failed commit, for
+/// [`Gateway::recover`]: the epoch, and the answers to send once memory
+/// and the datapath are back to what the store holds.
+#[derive(Default)]
+struct Failed {
+    epoch: Option<u64>,
+    replies: Vec<(Reply, Vec<Result<Generation, GatewayError>>)>,
 }
 
 /// Gets a group's outcomes, one per write, once it is durable.
@@ -147,9 +159,9 @@ pub struct Gateway {
     /// Counts the committer's failures: a group of an epoch whose commit
     /// failed is not recorded (`committer.rs`).
     epoch: u64,
-    /// The epoch whose commit failed, set by the committer, taken by
+    /// A failed commit, set by the committer, taken by
     /// [`Gateway::recover`].
-    store_failed: Arc<std::sync::Mutex<Option<u64>>>,
+    store_failed: Arc<std::sync::Mutex<Failed>>,
     /// The newest generation the committer has made durable.
     durable: Arc<std::sync::atomic::AtomicU64>,
     /// The groups applied but not known durable, oldest first, with what
@@ -415,8 +427,8 @@ impl Gateway {
         Ok(r)
     }
 
-    /// Notes in the datapath that it holds `generation`; what readers see
-    /// (`status`) follows once that generation is durable.
+    /// Notes in the datapath that it holds `generation`; the caller tells
+    /// readers (`status`) when it may (a pipelined group: once durable).
     fn mark_applied(&mut self, generation: u64) -> Result<(), DatapathError> {
         let mut config = self.datapath.config()?;
         config.generation = generation;
@@ -451,7 +463,8 @@ impl Gateway {
         &self.status
     }
 
-    /// Applies one event: checked, recorded, then in the datapath.
+    /// Applies one event: checked, in the datapath, recorded; returns once
+    /// it is durable.
     pub fn apply(&mut self, event: &Event) -> Result<Generation, GatewayError> {
         self.write(&[Write::Event(event.clone())])
             .pop()
@@ -498,6 +511,13 @@ impl Gateway {
     /// next start's reconcile, a failed commit by [`Gateway::recover`].
     pub fn submit(&mut self, writes: &[Write], reply: Reply) {
         self.recover();
+        self.prune_durable();
+        if self.applied != self.desired.generation {
+            // An earlier group did not reach the datapath, and this one
+            // redoes all of it (`apply_group`), usage periods from the
+            // store: with every group before it durable.
+            self.settle();
+        }
         if self.shared.is_some() || self.committer.is_none() {
             return reply(self.write_committed(writes));
         }
@@ -507,6 +527,15 @@ impl Gateway {
             routed: &self.routed,
         };
         let mut group = self.desired.admit(writes, &mut host);
+        if self.takes_a_slot_in_flight(&group.touched) && !self.all_durable() {
+            // Zeroing a slot whose last association's end is not durable
+            // would lose that association's usage if its commit failed or
+            // the agent died meanwhile: that end is made durable first,
+            // and if it failed, this group is checked again after it.
+            self.desired.undo(&mut group);
+            self.recover();
+            return reply(self.write_committed(writes));
+        }
         let admitted = t0.elapsed();
         let before = self.desired.generation;
         let generation = group.generation;
@@ -525,20 +554,20 @@ impl Gateway {
             writes.len(),
             t0.elapsed() - admitted
         );
-        // What is durable needs no undoing.
-        let durable = self.durable.load(Ordering::Acquire);
-        while self
-            .in_flight
-            .front()
-            .is_some_and(|f| f.generation <= durable)
-        {
-            self.in_flight.pop_front();
-        }
+        self.prune_durable();
         if changes.is_some() {
+            let freed: Vec<u32> = turned
+                .ended
+                .iter()
+                .filter(|r| turned.closed.contains(&r.carried.eip))
+                .map(|r| r.carried.slot)
+                .collect();
+            self.desired.state.hold_slots(&freed);
             self.in_flight.push_back(InFlight {
                 generation,
                 journals,
                 periods: turned.before,
+                freed,
             });
         }
         let status = Arc::clone(&self.status);
@@ -561,37 +590,95 @@ impl Gateway {
                     reply(outcomes)
                 }
                 Err(e) => {
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
-                    reply(
-                        outcomes
-                            .into_iter()
-                            .map(|o| o.and(Err(GatewayError::Store(Arc::clone(&e)))))
-                            .collect(),
-                    )
+                    // Every outcome, refusals too: each was checked against
+                    // groups that are now undone. Answered by `recover`,
+                    // once the datapath is back to what the store holds.
+                    let outcomes = outcomes
+                        .iter()
+                        .map(|_| Err(GatewayError::Store(Arc::clone(&e))))
+                        .collect();
+                    let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                    failed.epoch = Some(epoch);
+                    failed.replies.push((reply, outcomes));
                 }
             }),
         );
     }
 
-    /// If a commit failed: the groups not durable undone in memory, newest
-    /// first (so memory holds what the store holds, without reading it),
-    /// and the datapath reconciled to that; the groups queued after the
-    /// failed one failed too (`committer.rs`). Called before each group;
-    /// the writer also calls it when idle.
-    pub fn recover(&mut self) {
+    /// Forgets the undo journals of groups now durable, and lets the
+    /// slots they freed be taken again.
+    fn prune_durable(&mut self) {
+        let durable = self.durable.load(Ordering::Acquire);
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.generation <= durable)
+        {
+            if let Some(f) = self.in_flight.pop_front() {
+                self.desired.state.release_slots(&f.freed);
+            }
+        }
+    }
+
+    /// Whether a new association in `touched` is on a counter slot that a
+    /// group not yet durable freed (the model hands those out last).
+    fn takes_a_slot_in_flight(&self, touched: &Touched) -> bool {
+        if self.in_flight.iter().all(|f| f.freed.is_empty()) {
+            return false;
+        }
+        touched.eips.iter().any(|eip| {
+            self.desired
+                .state
+                .association(*eip)
+                .is_some_and(|a| self.in_flight.iter().any(|f| f.freed.contains(&a.slot)))
+        })
+    }
+
+    /// Waits until every group handed to the committer is durable (true)
+    /// or has failed (false; [`Gateway::recover`] is then due).
+    fn all_durable(&mut self) -> bool {
+        let Some(committer) = &self.committer else {
+            return true;
+        };
+        committer.wait();
+        self.prune_durable();
         let failed = self
             .store_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if failed != Some(self.epoch) {
+            .epoch;
+        failed != Some(self.epoch)
+    }
+
+    /// [`Gateway::all_durable`], then [`Gateway::recover`] if need be.
+    fn settle(&mut self) {
+        if !self.all_durable() {
+            self.recover();
+        }
+    }
+
+    /// If a commit failed: the groups not durable undone in memory, newest
+    /// first (so memory holds what the store holds, without reading it),
+    /// and the datapath reconciled to that; the groups queued after the
+    /// failed one failed too (`committer.rs`). Their writers are answered
+    /// then. Called before each group; the writer also calls it when idle.
+    pub fn recover(&mut self) {
+        let failed =
+            std::mem::take(&mut *self.store_failed.lock().unwrap_or_else(|p| p.into_inner()));
+        if failed.epoch != Some(self.epoch) {
             return;
         }
         self.epoch += 1;
         // After an I/O error redb refuses every write until it is opened
         // again: from now on each group is recorded before it is applied,
-        // so a refused commit leaves the datapath alone.
+        // so a refused commit leaves the datapath alone. (Dropping it
+        // waits for what it holds, which fails as of the failed epoch.)
         drop(self.committer.take());
+        let mut replies = failed.replies;
+        replies.append(
+            &mut std::mem::take(&mut *self.store_failed.lock().unwrap_or_else(|p| p.into_inner()))
+                .replies,
+        );
         let durable = self.durable.load(Ordering::Acquire);
         let mut undone = 0;
         while let Some(f) = self.in_flight.pop_back() {
@@ -608,6 +695,7 @@ impl Gateway {
             undone += 1;
         }
         self.in_flight.clear();
+        self.desired.state.release_all_slots();
         self.desired.generation = durable;
         self.status.set_generation(durable);
         log::error!(
@@ -618,6 +706,9 @@ impl Gateway {
         match reconciled.and_then(|()| Ok(self.mark_applied(durable)?)) {
             Ok(()) => self.status.set_applied(durable),
             Err(e) => log::error!("reconciling after a failed commit: {}", chain(&e)),
+        }
+        for (reply, outcomes) in replies {
+            reply(outcomes);
         }
     }
 

@@ -340,12 +340,17 @@ impl Tables {
                 db!(db!(tx.open_table(META))?.insert(GENERATION, generation))?;
             }
         }
-        db!(tx.commit())?;
         if durable {
-            // Durable, and with it every commit before it.
+            // Durable, and with it every commit before it. Cleared while
+            // this transaction holds redb's write lock, so that no
+            // non-durable commit after it can be cleared too.
             self.usage_pending.store(false, Relaxed);
         }
-        Ok(())
+        let committed = db!(tx.commit());
+        if committed.is_err() {
+            self.usage_pending.store(true, Relaxed);
+        }
+        committed
     }
 }
 

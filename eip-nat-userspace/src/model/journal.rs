@@ -152,7 +152,10 @@ impl State {
         w.touched
             .addresses
             .extend([a.eip].into_iter().chain(a.private_ip));
-        if !self.free_slots.remove(&a.slot) {
+        if !self.free_slots.remove(&a.slot) && a.slot >= self.next_slot {
+            // Above held slots (`State::free_slot`): the ones between are
+            // free, as a state rebuilt from the store has them.
+            self.free_slots.extend(self.next_slot..a.slot);
             self.next_slot = a.slot + 1;
         }
         self.enis

@@ -244,6 +244,21 @@ pub struct State {
     free_slots: BTreeSet<u32>,
     /// Slots below this have been handed out at least once.
     next_slot: u32,
+    /// Free slots not to hand out while another is free (`Gateway::submit`).
+    held: Held,
+}
+
+/// Counter slots freed by changes not yet durable: the gateway holds them
+/// so that a new association does not zero a slot whose last period's end
+/// could still be lost. Not part of what the state is (equality ignores
+/// it), nor journaled: the gateway sets and clears it.
+#[derive(Clone, Debug, Default, Eq)]
+struct Held(BTreeSet<u32>);
+
+impl PartialEq for Held {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl State {
@@ -256,6 +271,7 @@ impl State {
             instances: BTreeMap::new(),
             free_slots: BTreeSet::new(),
             next_slot: 0,
+            held: Held::default(),
         }
     }
 
@@ -306,6 +322,41 @@ impl State {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Hands out `slots` (if free) only when no other slot is left.
+    pub fn hold_slots(&mut self, slots: &[u32]) {
+        self.held.0.extend(slots);
+    }
+
+    /// Ends [`State::hold_slots`] for `slots`.
+    pub fn release_slots(&mut self, slots: &[u32]) {
+        for s in slots {
+            self.held.0.remove(s);
+        }
+    }
+
+    /// Ends [`State::hold_slots`] for every slot.
+    pub fn release_all_slots(&mut self) {
+        self.held.0.clear();
+    }
+
+    /// The slot a new association gets: the lowest free one not held, else
+    /// the next one above every slot in use or held, else (the limit
+    /// reached) a held one; None when every slot is taken.
+    fn free_slot(&self) -> Option<u32> {
+        let max = self.limits.max_associations;
+        let held = &self.held.0;
+        self.free_slots
+            .iter()
+            .find(|s| !held.contains(s))
+            .copied()
+            .or_else(|| {
+                let above = self.next_slot.max(held.last().map_or(0, |h| h + 1));
+                (above < max).then_some(above)
+            })
+            .or_else(|| self.free_slots.first().copied())
+            .or_else(|| (self.next_slot < max).then_some(self.next_slot))
     }
 
     pub fn enis(&self) -> impl Iterator<Item = (&EniId, &Eni)> {

@@ -556,10 +556,8 @@ impl State {
                 quota,
             });
         }
-        let slot = match self.free_slots.first() {
-            Some(&slot) => slot,
-            None if self.next_slot < self.limits.max_associations => self.next_slot,
-            None => return Err(RuleError::Full(self.limits.max_associations)),
+        let Some(slot) = self.free_slot() else {
+            return Err(RuleError::Full(self.limits.max_associations));
         };
         let a = Association {
             eip,

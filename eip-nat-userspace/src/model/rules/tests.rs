@@ -336,10 +336,10 @@ fn addresses_and_names_are_checked() {
     assert_eq!(e.code(), "invalid_name");
 }
 
-#[test]
-fn a_full_table_refuses_and_slots_are_reused() {
+/// A state of `max_associations` with one secondary ENI, `eni-s`.
+fn with_eni_s(max_associations: u32) -> State {
     let mut s = State::new(Limits {
-        max_associations: 1,
+        max_associations,
         multi_eip_quota: 10,
     });
     apply(
@@ -353,6 +353,12 @@ fn a_full_table_refuses_and_slots_are_reused() {
         },
     )
     .unwrap();
+    s
+}
+
+#[test]
+fn a_full_table_refuses_and_slots_are_reused() {
+    let mut s = with_eni_s(1);
     apply(
         &mut s,
         &associate("203.0.113.1", "eni-s", None, Mode::MultiEip),
@@ -458,4 +464,38 @@ fn undoing_a_batch_restores_slots_addresses_and_instances() {
     );
     s.undo(journal);
     assert_eq!(s, before);
+}
+
+/// Slots held for changes not yet durable are handed out last, and the
+/// bookkeeping stays as a state rebuilt from its rows has it.
+#[test]
+fn held_slots_are_handed_out_last() {
+    let mut s = with_eni_s(3);
+    let limits = s.limits();
+    let assoc = |s: &mut State, eip: &str| {
+        apply(s, &associate(eip, "eni-s", None, Mode::MultiEip)).unwrap();
+        s.association(ip(eip)).unwrap().slot
+    };
+    let disassoc = |s: &mut State, eip: &str| {
+        apply(s, &Event::Disassociate { eip: ip(eip) }).unwrap();
+    };
+    let rebuilt = |s: &State| {
+        let enis = s.enis().map(|(id, e)| (id.clone(), e.clone()));
+        State::from_rows(limits, enis, s.associations().cloned()).unwrap()
+    };
+    assert_eq!(assoc(&mut s, "203.0.113.1"), 0);
+    assert_eq!(assoc(&mut s, "203.0.113.2"), 1);
+    // The top slot freed and held: the next association goes above it.
+    disassoc(&mut s, "203.0.113.2");
+    s.hold_slots(&[1]);
+    assert_eq!(assoc(&mut s, "203.0.113.3"), 2);
+    assert_eq!(s, rebuilt(&s));
+    s.release_slots(&[1]);
+    // A lower slot freed and held: the free one not held is taken.
+    disassoc(&mut s, "203.0.113.1");
+    s.hold_slots(&[0]);
+    assert_eq!(assoc(&mut s, "203.0.113.4"), 1);
+    // Every other slot taken: the held one is, rather than a refusal.
+    assert_eq!(assoc(&mut s, "203.0.113.5"), 0);
+    assert_eq!(s, rebuilt(&s));
 }
