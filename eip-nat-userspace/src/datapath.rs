@@ -680,13 +680,42 @@ impl Datapath {
     /// Every entry of the address map, for checks that it agrees with the
     /// agent's table.
     pub fn entries(&self) -> Result<Vec<(Ipv4Addr, AddrEntry)>, DatapathError> {
-        self.addresses
-            .iter()
-            .map(|item| {
-                item.map(|(k, v)| (Ipv4Addr::from(k), v))
-                    .map_err(map_err(names::ADDRESSES))
-            })
-            .collect()
+        // With `BPF_MAP_LOOKUP_BATCH`, thousands of entries per system call
+        // (two million at a start with a million associations), else one by
+        // one.
+        const CHUNK: usize = 65_536;
+        let mut out = Vec::new();
+        let mut keys = vec![Ipv4Key::default(); CHUNK];
+        let mut values = vec![AddrEntry::default(); CHUNK];
+        let mut from = None;
+        loop {
+            let read =
+                crate::map_batch::lookup(self.addresses.map(), from, &mut keys, &mut values, 1);
+            let (count, next) = match read {
+                Ok(read) => read,
+                Err(e) if from.is_none() && crate::map_batch::unsupported(&e) => {
+                    return self
+                        .addresses
+                        .iter()
+                        .map(|item| {
+                            item.map(|(k, v)| (Ipv4Addr::from(k), v))
+                                .map_err(map_err(names::ADDRESSES))
+                        })
+                        .collect();
+                }
+                Err(e) => return Err(batch_err(names::ADDRESSES, "bpf_map_lookup_batch", e)),
+            };
+            out.extend(
+                keys[..count]
+                    .iter()
+                    .zip(&values[..count])
+                    .map(|(k, v)| (Ipv4Addr::from(*k), *v)),
+            );
+            match next {
+                Some(k) if count > 0 => from = Some(k),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// The counters, for readers on any thread.
@@ -751,14 +780,7 @@ impl Counters {
                 match crate::map_batch::lookup(self.eips.map(), from, &mut keys, &mut values, cpus)
                 {
                     Ok(read) => read,
-                    // ENOTSUPP (524), the kernel's own, is in no libc.
-                    Err(e)
-                        if from.is_none()
-                            && matches!(
-                                e.raw_os_error(),
-                                Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
-                            ) =>
-                    {
+                    Err(e) if from.is_none() && crate::map_batch::unsupported(&e) => {
                         return Ok(None)
                     }
                     Err(e) => {

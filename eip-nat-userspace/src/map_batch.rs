@@ -72,6 +72,16 @@ pub fn lookup<K: Pod, V: Pod>(
     }
 }
 
+/// Whether a batch command failed because this kernel (or this map
+/// type) has none: the caller goes element by element instead.
+pub fn unsupported(e: &std::io::Error) -> bool {
+    // ENOTSUPP (524), the kernel's own, is in no libc.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
 /// `union bpf_attr` for a batch command on `fd`, over `count` elements.
 fn batch_attr(fd: i32, keys: u64, values: u64, count: usize) -> bpf_attr {
     // SAFETY: all zeroes is a valid bpf_attr (a union of plain integers).

@@ -149,7 +149,7 @@ fn privileged_lane() -> Vec<(&'static str, Vec<Command>)> {
             vec![root_test("ownership")],
         ),
         (
-            "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile)",
+            "writer netns tests (group commit under 16 clients and kill -9; reads during a large batch and during the start's reconcile; a commit failing on a full disk undone in memory and in the datapath)",
             vec![root_test("writer")],
         ),
         (
