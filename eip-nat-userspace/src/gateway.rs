@@ -546,7 +546,7 @@ impl Gateway {
         });
         let (outcomes, turned) = self.apply_group(group, before);
         let changes = changes.map(|mut c| {
-            c.usage(&turned.ended, &turned.opened, &turned.closed);
+            c.usage(&turned);
             c
         });
         log::debug!(
@@ -556,18 +556,12 @@ impl Gateway {
         );
         self.prune_durable();
         if changes.is_some() {
-            let freed: Vec<u32> = turned
-                .ended
-                .iter()
-                .filter(|r| turned.closed.contains(&r.carried.eip))
-                .map(|r| r.carried.slot)
-                .collect();
-            self.desired.state.hold_slots(&freed);
+            self.desired.state.hold_slots(&turned.freed);
             self.in_flight.push_back(InFlight {
                 generation,
                 journals,
                 periods: turned.before,
-                freed,
+                freed: turned.freed,
             });
         }
         let status = Arc::clone(&self.status);
@@ -911,11 +905,12 @@ impl Gateway {
                 started_ns: now,
             })
             .collect();
-        let closed: Vec<Ipv4Addr> = records
+        let reopened: BTreeSet<Ipv4Addr> = opened.iter().map(|p| p.carried.eip).collect();
+        let (closed, freed): (Vec<Ipv4Addr>, Vec<u32>) = records
             .iter()
-            .map(|r| r.carried.eip)
-            .filter(|eip| !opened.iter().any(|p| p.carried.eip == *eip))
-            .collect();
+            .filter(|r| !reopened.contains(&r.carried.eip))
+            .map(|r| (r.carried.eip, r.carried.slot))
+            .unzip();
         let before = closed
             .iter()
             .chain(opened.iter().map(|p| &p.carried.eip))
@@ -931,6 +926,7 @@ impl Gateway {
             ended: records,
             opened,
             closed,
+            freed,
             before,
         }
     }
@@ -941,11 +937,7 @@ impl Gateway {
         if turned.ended.is_empty() && turned.opened.is_empty() && turned.closed.is_empty() {
             return;
         }
-        let recorded =
-            self.desired
-                .store
-                .record_usage(&turned.ended, &turned.opened, &turned.closed);
-        if let Err(e) = recorded {
+        if let Err(e) = self.desired.store.record_usage(turned) {
             log::error!("recording usage: {}", chain(&e));
         }
     }

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::{
     model::{Association, Eni, Limits, State, Touched},
-    usage::{Period, UsageRecord},
+    usage::{Period, Turned, UsageRecord},
 };
 
 /// ENI id → JSON of [`Eni`].
@@ -97,7 +97,6 @@ fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
 }
 
 pub struct Store {
-    db: Arc<Database>,
     /// Held (flock) while the store is open: one agent per state directory.
     _lock: Option<std::fs::File>,
     tables: Tables,
@@ -152,26 +151,24 @@ impl Store {
             db!(tx.open_table(USAGE))?;
         }
         db!(tx.commit())?;
-        let db = Arc::new(db);
         Ok(Self {
             tables: Tables {
-                db: Arc::clone(&db),
+                db: Arc::new(db),
                 usage_pending: Default::default(),
             },
-            db,
             _lock: None,
         })
     }
 
     /// The committed generation, without loading the state.
     pub fn generation(&self) -> Result<u64, StoreError> {
-        let tx = db!(self.db.begin_read())?;
+        let tx = db!(self.tables.db.begin_read())?;
         read_generation(&tx)
     }
 
     /// The open usage periods.
     pub fn periods(&self) -> Result<Vec<Period>, StoreError> {
-        let tx = db!(self.db.begin_read())?;
+        let tx = db!(self.tables.db.begin_read())?;
         read_periods(&tx)
     }
 
@@ -185,14 +182,9 @@ impl Store {
     /// the next start ends it from the counters, which no change has reset
     /// in between (`Gateway::open_periods`): the record is kept, only its
     /// end time is later. A clean stop writes it at once (`Drop`).
-    pub fn record_usage(
-        &self,
-        ended: &[UsageRecord],
-        opened: &[Period],
-        closed: &[Ipv4Addr],
-    ) -> Result<(), StoreError> {
+    pub fn record_usage(&self, turned: &Turned) -> Result<(), StoreError> {
         let mut usage = Changes::default();
-        usage.usage(ended, opened, closed);
+        usage.usage(turned);
         self.tables.write(&[usage], false)
     }
 
@@ -200,13 +192,13 @@ impl Store {
     /// committed state.
     pub fn reader(&self) -> Reader {
         Reader {
-            db: Arc::clone(&self.db),
+            db: Arc::clone(&self.tables.db),
         }
     }
 
     /// The desired state and its generation.
     pub fn load(&self, limits: Limits) -> Result<(State, u64), StoreError> {
-        let tx = db!(self.db.begin_read())?;
+        let tx = db!(self.tables.db.begin_read())?;
         let rows = read_rows(&tx)?;
         let state = State::from_rows(limits, rows.enis, rows.associations)
             .map_err(StoreError::Inconsistent)?;
@@ -273,15 +265,15 @@ impl Changes {
         }
     }
 
-    /// Adds periods that ended (their records), opened and closed.
-    pub fn usage(&mut self, ended: &[UsageRecord], opened: &[Period], closed: &[Ipv4Addr]) {
-        for r in ended {
+    /// Adds the periods a change ended (their records), opened and closed.
+    pub fn usage(&mut self, turned: &Turned) {
+        for r in &turned.ended {
             let json = serde_json::to_vec(r).expect("records serialize");
             self.usage.push((usage_key(r), json));
         }
         self.periods
-            .extend(closed.iter().map(|eip| (u32::from(*eip), None)));
-        for p in opened {
+            .extend(turned.closed.iter().map(|eip| (u32::from(*eip), None)));
+        for p in &turned.opened {
             let json = serde_json::to_vec(p).expect("periods serialize");
             self.periods.push((u32::from(p.carried.eip), Some(json)));
         }

@@ -127,6 +127,8 @@ pub struct Turned {
     pub ended: Vec<UsageRecord>,
     pub opened: Vec<Period>,
     pub closed: Vec<Ipv4Addr>,
+    /// The counter slots of the closed periods' associations, now free.
+    pub freed: Vec<u32>,
     /// The open periods these replaced, by EIP (None: it had none), to
     /// put back if the change is undone.
     pub before: Vec<(Ipv4Addr, Option<Period>)>,
