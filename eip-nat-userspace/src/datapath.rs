@@ -683,39 +683,30 @@ impl Datapath {
         // With `BPF_MAP_LOOKUP_BATCH`, thousands of entries per system call
         // (two million at a start with a million associations), else one by
         // one.
-        const CHUNK: usize = 65_536;
         let mut out = Vec::new();
-        let mut keys = vec![Ipv4Key::default(); CHUNK];
-        let mut values = vec![AddrEntry::default(); CHUNK];
-        let mut from = None;
-        loop {
-            let read =
-                crate::map_batch::lookup(self.addresses.map(), from, &mut keys, &mut values, 1);
-            let (count, next) = match read {
-                Ok(read) => read,
-                Err(e) if from.is_none() && crate::map_batch::unsupported(&e) => {
-                    return self
-                        .addresses
-                        .iter()
-                        .map(|item| {
-                            item.map(|(k, v)| (Ipv4Addr::from(k), v))
-                                .map_err(map_err(names::ADDRESSES))
-                        })
-                        .collect();
-                }
-                Err(e) => return Err(batch_err(names::ADDRESSES, "bpf_map_lookup_batch", e)),
-            };
-            out.extend(
-                keys[..count]
-                    .iter()
-                    .zip(&values[..count])
-                    .map(|(k, v)| (Ipv4Addr::from(*k), *v)),
-            );
-            match next {
-                Some(k) if count > 0 => from = Some(k),
-                _ => return Ok(out),
-            }
+        let batched = crate::map_batch::lookup_all(
+            self.addresses.map(),
+            65_536,
+            1,
+            |keys: &[Ipv4Key], values: &[AddrEntry]| {
+                out.extend(
+                    keys.iter()
+                        .zip(values)
+                        .map(|(k, v)| (Ipv4Addr::from(*k), *v)),
+                )
+            },
+        )
+        .map_err(|e| batch_err(names::ADDRESSES, "bpf_map_lookup_batch", e))?;
+        if batched {
+            return Ok(out);
         }
+        self.addresses
+            .iter()
+            .map(|item| {
+                item.map(|(k, v)| (Ipv4Addr::from(k), v))
+                    .map_err(map_err(names::ADDRESSES))
+            })
+            .collect()
     }
 
     /// The counters, for readers on any thread.
@@ -769,34 +760,22 @@ impl Counters {
     /// [`Counters::eip`] takes one per slot. `None` if the kernel has no
     /// batch lookup for this map.
     pub fn all_eips(&self) -> Result<Option<Vec<EipCounters>>, DatapathError> {
-        const CHUNK: usize = 4096;
         let cpus = cpus()?;
         let mut out = vec![EipCounters::default(); self.eips.len() as usize];
-        let mut keys = vec![0u32; CHUNK];
-        let mut values = vec![EipCounters::default(); CHUNK * cpus];
-        let mut from = None;
-        loop {
-            let (count, next) =
-                match crate::map_batch::lookup(self.eips.map(), from, &mut keys, &mut values, cpus)
-                {
-                    Ok(read) => read,
-                    Err(e) if from.is_none() && crate::map_batch::unsupported(&e) => {
-                        return Ok(None)
+        let batched = crate::map_batch::lookup_all(
+            self.eips.map(),
+            4096,
+            cpus,
+            |keys: &[u32], values: &[EipCounters]| {
+                for (key, per_cpu) in keys.iter().zip(values.chunks(cpus)) {
+                    if let Some(sum) = out.get_mut(*key as usize) {
+                        per_cpu.iter().for_each(|c| *sum += *c);
                     }
-                    Err(e) => {
-                        return Err(batch_err(names::EIP_COUNTERS, "bpf_map_lookup_batch", e))
-                    }
-                };
-            for (key, per_cpu) in keys[..count].iter().zip(values.chunks(cpus)) {
-                if let Some(sum) = out.get_mut(*key as usize) {
-                    per_cpu.iter().for_each(|c| *sum += *c);
                 }
-            }
-            match next {
-                Some(k) if count > 0 => from = Some(k),
-                _ => return Ok(Some(out)),
-            }
-        }
+            },
+        )
+        .map_err(|e| batch_err(names::EIP_COUNTERS, "bpf_map_lookup_batch", e))?;
+        Ok(batched.then_some(out))
     }
 
     /// Counters of the association in `slot`, summed over CPUs.

@@ -43,7 +43,7 @@ fn update_chunk<K: Pod, V: Pod>(fd: i32, keys: &[K], values: &[V]) -> std::io::R
 /// `keys` and `values` (`cpus` values per key for a per-CPU map). Returns
 /// how many were copied and where the next chunk starts; `None` there
 /// once the map is read to its end.
-pub fn lookup<K: Pod, V: Pod>(
+fn lookup<K: Pod, V: Pod>(
     map: &MapData,
     from: Option<K>,
     keys: &mut [K],
@@ -72,9 +72,36 @@ pub fn lookup<K: Pod, V: Pod>(
     }
 }
 
+/// Reads the whole map with [`lookup`], `chunk` keys per system call,
+/// handing each chunk's keys and values (`cpus` values per key) to
+/// `visit`. `Ok(false)`, with nothing visited, if this kernel (or this map
+/// type) has no batch lookup: the caller goes element by element.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    map: &MapData,
+    chunk: usize,
+    cpus: usize,
+    mut visit: impl FnMut(&[K], &[V]),
+) -> std::io::Result<bool> {
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk * cpus];
+    let mut from = None;
+    loop {
+        let (count, next) = match lookup(map, from, &mut keys, &mut values, cpus) {
+            Ok(read) => read,
+            Err(e) if from.is_none() && unsupported(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        visit(&keys[..count], &values[..count * cpus]);
+        match next {
+            Some(k) if count > 0 => from = Some(k),
+            _ => return Ok(true),
+        }
+    }
+}
+
 /// Whether a batch command failed because this kernel (or this map
 /// type) has none: the caller goes element by element instead.
-pub fn unsupported(e: &std::io::Error) -> bool {
+fn unsupported(e: &std::io::Error) -> bool {
     // ENOTSUPP (524), the kernel's own, is in no libc.
     matches!(
         e.raw_os_error(),
