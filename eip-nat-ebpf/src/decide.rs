@@ -22,7 +22,7 @@ pub struct Rewrite {
 }
 
 #[inline(always)]
-fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
+pub fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
     // Most addresses a packet carries (the Internet's) are in no /16 of
     // ours: an array read and a bit test instead of a hash lookup.
     if !maps::may_be_ours(*addr) {

@@ -5,6 +5,7 @@
 
 mod arp;
 mod decide;
+mod express;
 mod forward;
 mod icmp;
 mod icmp_reply;
@@ -21,6 +22,9 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn eip_nat(ctx: XdpContext) -> u32 {
     let role = maps::role(&ctx);
+    if let Some(action) = express::forward(&ctx, &role) {
+        return action;
+    }
     // Kept in a stack slot through volatile accesses: held in registers
     // across the translation, LLVM let an unset one be copied on the path
     // that does not trace, which the verifier refuses ("!read_ok").

@@ -13,7 +13,9 @@ use eip_nat::{
     model::{tables, EniKind, Event, Limits, Mode},
 };
 use eip_nat_common::{
-    maps::{ArpConfig, NextHop, FLAG_ARP_ACTIVE, FLAG_FAST_PATH, FLAG_STANDBY, MAX_TX_PORTS},
+    maps::{
+        ArpConfig, NextHop, FLAG_ARP_ACTIVE, FLAG_FAST_PATH, FLAG_STANDBY, FLAG_TRACE, MAX_TX_PORTS,
+    },
     verdict::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     Config, Direction, EipCounters, Verdict, VerdictCounter,
 };
@@ -856,6 +858,19 @@ fn fast_path_forwards_like_a_router() {
     );
 }
 
+/// Points EIP's entry at next hop `id`, as the agent does for the address
+/// it is delivered to.
+fn deliver_eip_by(dp: &mut Datapath, id: u32) {
+    let (_, mut entry) = dp
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|(a, _)| *a == EIP)
+        .unwrap();
+    entry.nexthop = id;
+    dp.put_entry(EIP, Some(entry)).unwrap();
+}
+
 /// A programmed next hop is used as it is, with no FIB lookup: its MACs
 /// (here ones the FIB would never give) and its MTU; marked unusable, the
 /// FIB takes over again.
@@ -880,15 +895,7 @@ fn programmed_next_hop_is_used_without_the_fib() {
     };
     let dp = h.gw.datapath_mut();
     dp.set_nexthop(1, hop).unwrap();
-    let mut entry = dp
-        .entries()
-        .unwrap()
-        .into_iter()
-        .find(|(a, _)| *a == EIP)
-        .unwrap()
-        .1;
-    entry.nexthop = 1;
-    dp.put_entry(EIP, Some(entry)).unwrap();
+    deliver_eip_by(dp, 1);
 
     let input = udp(INTERNET, 40000, EIP, 53, b"programmed", true);
     let mut expected = udp(INTERNET, 40000, PRIVATE, 53, b"programmed", true);
@@ -947,6 +954,111 @@ fn programmed_next_hop_is_used_without_the_fib() {
         Verdict::TranslatedRedirectFib,
         &expected.frame_with(instance_mac, priv_mac),
     );
+}
+
+/// The express lane (eip-nat-ebpf/src/express.rs) takes the common packet
+/// ahead of the full path and must decide it exactly as the full path
+/// would. Tracing on sends every packet down the full path, so each frame
+/// runs once each way, in both directions: action, whole output frame and
+/// every counter must agree. The frames are the lane's packet and its near
+/// misses (TTL at the edge, options, fragments, short and padded frames,
+/// a zero UDP checksum, spoofed and unknown addresses, over the MTU, ICMP,
+/// random bit flips in the headers), from a fixed seed.
+#[test]
+fn express_lane_decides_as_the_full_path() {
+    let rig = fib_rig();
+    let mut h = fast_harness(&rig);
+    let hop = |(dev, mac, peer): &(String, [u8; 6], [u8; 6]), h: &mut Harness, mtu| {
+        let ifindex = integration_tests::netns::ifindex(&rig.ns, dev);
+        let slot = h.gw.datapath_mut().tx_slot(ifindex).expect("a port");
+        NextHop {
+            ifindex,
+            mtu,
+            flags: NextHop::flags_for(true, slot),
+            dmac: *peer,
+            smac: *mac,
+            neighbour: [0; 4],
+        }
+    };
+    let (to_private, to_public) = (
+        hop(&rig.private, &mut h, 600),
+        hop(&rig.public, &mut h, 1500),
+    );
+    let dp = h.gw.datapath_mut();
+    dp.set_nexthop(1, to_private).unwrap();
+    dp.set_nexthop(2, to_public).unwrap();
+    dp.set_route((0, 0), 2).unwrap();
+    deliver_eip_by(dp, 1);
+
+    let addrs = [EIP, PRIVATE, INTERNET, OTHER];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut taken = std::collections::BTreeMap::<Verdict, u64>::new();
+    for n in 0..4000 {
+        let (src, dst) = (addrs[next(4) as usize], addrs[next(4) as usize]);
+        let payload = vec![n as u8; [0, 4, 18, 700][next(4) as usize]];
+        let mut p = match next(3) {
+            0 => udp(src, 4000, dst, 53, &payload, next(4) != 0),
+            1 => tcp(src, 443, dst, 50000, 0x18, &payload),
+            _ => icmp_echo(src, dst, 8, 9, 1, &payload),
+        };
+        p.ttl = [0, 1, 2, 64, 255][next(5) as usize];
+        let mut f = p.frame();
+        match next(8) {
+            0 => f[14] = 0x40 | next(16) as u8,
+            1 => [f[20], f[21]] = [next(256) as u8, next(256) as u8],
+            2 => f.truncate(14 + next(f.len() as u64 - 13) as usize),
+            3 => f.extend([0u8; 6]),
+            4 => [f[16], f[17]] = (next(120) as u16).to_be_bytes(),
+            5 => {
+                let i = next(f.len().min(64) as u64) as usize;
+                f[i] ^= 1 << next(8);
+            }
+            _ => {}
+        }
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let mut runs = [FLAG_TRACE, 0].map(|flags| {
+                h.flags = flags;
+                let (verdicts, eip) = (h.verdicts(), h.eip());
+                let (action, out) = h.run(direction, &f);
+                let moved: Vec<_> = h
+                    .verdicts()
+                    .into_iter()
+                    .zip(verdicts)
+                    .filter(|((_, _, a), (_, _, b))| a.packets != b.packets)
+                    .map(|((d, v, a), (_, _, b))| (d, v, a.packets - b.packets, a.bytes - b.bytes))
+                    .collect();
+                let eip_after = h.eip();
+                let eip = (
+                    eip_after.in_packets - eip.in_packets,
+                    eip_after.in_bytes - eip.in_bytes,
+                    eip_after.out_packets - eip.out_packets,
+                    eip_after.out_bytes - eip.out_bytes,
+                );
+                (action, out, moved, eip)
+            });
+            let [full, express] = &mut runs;
+            assert_eq!(
+                full,
+                express,
+                "frame {n} {direction:?}: the express lane decided otherwise\n frame {}",
+                hex(&f)
+            );
+            if let [(_, v, ..)] = full.2[..] {
+                *taken.entry(v).or_default() += 1;
+            }
+        }
+    }
+    // The lane's own packet was among them, both ways, and so were the
+    // ones it leaves to the full path.
+    println!("verdicts: {taken:?}");
+    assert!(taken.get(&Verdict::TranslatedRedirect) > Some(&200));
+    assert!(taken.len() > 8);
 }
 
 #[test]

@@ -128,7 +128,12 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
-pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result<()> {
+pub fn bench(
+    quick: bool,
+    only: Option<&str>,
+    placement: Option<&str>,
+    repetitions: Option<usize>,
+) -> Result<()> {
     let mut c = Command::new("cargo");
     c.args([
         "run",
@@ -149,6 +154,9 @@ pub fn bench(quick: bool, only: Option<&str>, placement: Option<&str>) -> Result
     }
     if let Some(p) = placement {
         c.arg(format!("--placement={p}"));
+    }
+    if let Some(n) = repetitions {
+        c.arg(format!("--repetitions={n}"));
     }
     cmd::run(&mut c)
 }

@@ -60,6 +60,10 @@ enum Command {
         /// (everything on CPU 0) or own-cpu (the gateway on CPU 1).
         #[arg(long)]
         placement: Option<String>,
+        /// Rounds of every throughput cell (default 3): more narrow the
+        /// medians on a noisy machine.
+        #[arg(long)]
+        repetitions: Option<usize>,
     },
 }
 
@@ -95,10 +99,11 @@ fn main() -> Result<()> {
             quick,
             only,
             placement,
+            repetitions,
         } => {
             bootstrap::run()?;
             build::all()?;
-            build::bench(quick, only.as_deref(), placement.as_deref())
+            build::bench(quick, only.as_deref(), placement.as_deref(), repetitions)
         }
     }
 }
