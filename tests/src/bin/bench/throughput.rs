@@ -102,7 +102,13 @@ fn rounds(setups: &[&Setup], placement: Placement, plan: &Plan) -> Vec<Measureme
             })
         })
         .collect();
+    // Cells of one flow count side by side, so that each round's ratio
+    // of two peers compares measurements seconds apart; every other round
+    // runs backwards (A B B A …), so that a machine that slows down or
+    // speeds up during a round favours no peer.
+    cells.sort_by_key(|(_, m)| m.flows);
     for rep in 1..=plan.repetitions {
+        cells.reverse();
         for (s, m) in cells.iter_mut() {
             s.repetition(m, plan.seconds);
             eprintln!(
