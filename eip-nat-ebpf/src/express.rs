@@ -29,7 +29,7 @@ use eip_nat_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    decide,
+    decide::{self, NatEntry},
     maps::{self, Role, NEXTHOPS, TX_SLOTS},
     stats,
 };
@@ -92,7 +92,7 @@ pub fn forward(ctx: &XdpContext, role: &Role) -> Option<u32> {
     // vanished leaves the packet untouched for the full path.
     TX_SLOTS.redirect(hop.slot(), 0).ok()?;
 
-    let (new, slot) = (entry.0, entry.1);
+    let (new, slot) = (entry.addr, entry.slot);
     let field = if direction == Direction::Inbound {
         &mut ip.dst_addr
     } else {
@@ -124,7 +124,7 @@ const ETH_P_IP_BYTES_U16: u16 = u16::from_ne_bytes(ETH_P_IP_BYTES);
 /// Public side: a destination EIP that translates to another address, not
 /// blocked, with a programmed next hop, from a source that is not ours.
 #[inline(always)]
-fn inbound(src: Ipv4Key, dst: Ipv4Key) -> Option<((Ipv4Key, u32), u32)> {
+fn inbound(src: Ipv4Key, dst: Ipv4Key) -> Option<(NatEntry, u32)> {
     if decide::lookup(&src).is_some() {
         return None;
     }
@@ -132,14 +132,18 @@ fn inbound(src: Ipv4Key, dst: Ipv4Key) -> Option<((Ipv4Key, u32), u32)> {
     if !d.is_eip() || d.blocked().is_some() || d.private_ip == dst || d.nexthop == 0 {
         return None;
     }
-    Some(((d.private_ip, d.eip_slot), d.nexthop))
+    let entry = NatEntry {
+        addr: d.private_ip,
+        slot: d.eip_slot,
+    };
+    Some((entry, d.nexthop))
 }
 
 /// Private side: a source private IP with an EIP other than itself, not
 /// blocked, to a destination that is not ours (not a hairpin), by a route
 /// whose next hop is programmed.
 #[inline(always)]
-fn outbound(src: Ipv4Key, dst: Ipv4Key) -> Option<((Ipv4Key, u32), u32)> {
+fn outbound(src: Ipv4Key, dst: Ipv4Key) -> Option<(NatEntry, u32)> {
     let s: AddrEntry = decide::lookup(&src)?;
     if !s.is_private() || s.blocked().is_some() || s.eip == src {
         return None;
@@ -151,5 +155,9 @@ fn outbound(src: Ipv4Key, dst: Ipv4Key) -> Option<((Ipv4Key, u32), u32)> {
     if nexthop == 0 {
         return None;
     }
-    Some(((s.eip, s.private_slot), nexthop))
+    let entry = NatEntry {
+        addr: s.eip,
+        slot: s.private_slot,
+    };
+    Some((entry, nexthop))
 }

@@ -175,14 +175,18 @@ impl Harness {
                 assert_eq!((dp, db), (0, 0), "{name}: counter {d:?}/{v:?} moved");
             }
         }
-        let eip_after = self.eip();
-        let got = EipCounters {
-            in_packets: eip_after.in_packets - eip_before.in_packets,
-            in_bytes: eip_after.in_bytes - eip_before.in_bytes,
-            out_packets: eip_after.out_packets - eip_before.out_packets,
-            out_bytes: eip_after.out_bytes - eip_before.out_bytes,
-        };
+        let got = counted_since(self.eip(), eip_before);
         assert_eq!(got, eip_delta, "{name}: per-EIP counters");
+    }
+}
+
+/// What the per-EIP counters gained between two readings.
+fn counted_since(after: EipCounters, before: EipCounters) -> EipCounters {
+    EipCounters {
+        in_packets: after.in_packets - before.in_packets,
+        in_bytes: after.in_bytes - before.in_bytes,
+        out_packets: after.out_packets - before.out_packets,
+        out_bytes: after.out_bytes - before.out_bytes,
     }
 }
 
@@ -1033,14 +1037,7 @@ fn express_lane_decides_as_the_full_path() {
                     .filter(|((_, _, a), (_, _, b))| a.packets != b.packets)
                     .map(|((d, v, a), (_, _, b))| (d, v, a.packets - b.packets, a.bytes - b.bytes))
                     .collect();
-                let eip_after = h.eip();
-                let eip = (
-                    eip_after.in_packets - eip.in_packets,
-                    eip_after.in_bytes - eip.in_bytes,
-                    eip_after.out_packets - eip.out_packets,
-                    eip_after.out_bytes - eip.out_bytes,
-                );
-                (action, out, moved, eip)
+                (action, out, moved, counted_since(h.eip(), eip))
             });
             let [full, express] = &mut runs;
             assert_eq!(

@@ -24,11 +24,15 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The lowest and the highest of `v`.
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)))
+}
+
 pub fn spread(v: &[f64]) -> f64 {
     let m = median(v);
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    let (lo, hi) = range(v);
     if m > 0.0 {
         (hi - lo) / m * 100.0
     } else {
@@ -159,8 +163,9 @@ pub struct Comparison {
     pub eip_nat_pps: f64,
     pub min_nat_pps: f64,
     /// eip-nat's delivered rate ÷ the minimal NAT's, the median of the
-    /// rounds' ratios (each round measures both, minutes apart at most, so
-    /// a slow spell of the machine cancels out); the target is ≥ 0.95.
+    /// rounds' ratios (each round measures both side by side, seconds
+    /// apart, so a slow spell of the machine cancels out); the target is
+    /// ≥ 0.95.
     pub rate_ratio: f64,
     /// The lowest and highest of the rounds' ratios.
     pub rate_ratio_range: (f64, f64),
@@ -184,9 +189,7 @@ pub fn comparisons(rows: &[Measurement]) -> Vec<Comparison> {
                 eip_nat_pps: median(&e.pps),
                 min_nat_pps: median(&m.pps),
                 rate_ratio: median(&per_round),
-                rate_ratio_range: per_round
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x))),
+                rate_ratio_range: range(&per_round),
                 eip_nat_ns,
                 min_nat_ns,
                 cost_ratio: eip_nat_ns.zip(min_nat_ns).map(|(e, m)| e / m),
