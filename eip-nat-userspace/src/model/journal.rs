@@ -6,10 +6,7 @@
 //! the state holds, and the rows to persist are the rows that changed:
 //! there is no second list, per event, of the rows it changes.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use super::{Association, Attachment, Eni, EniId, EniKind, State, Touched};
 
@@ -17,7 +14,12 @@ use super::{Association, Attachment, Eni, EniId, EniKind, State, Touched};
 pub struct Journal {
     enis: HashMap<EniId, Option<Eni>>,
     associations: HashMap<Ipv4Addr, Option<Association>>,
-    free_slots: BTreeSet<u32>,
+    /// Each change to the free counter slots, in order, with whether the
+    /// slot was free before it: undone newest first. A log, not a copy of
+    /// the set, so that an event costs what it touches even when a
+    /// million slots are free (a copy per event made single events crawl
+    /// once many associations had gone: docs/benchmarks.md).
+    slots: Vec<(u32, bool)>,
     next_slot: u32,
 }
 
@@ -26,7 +28,7 @@ impl Journal {
         Self {
             enis: HashMap::new(),
             associations: HashMap::new(),
-            free_slots: state.free_slots.clone(),
+            slots: Vec::new(),
             next_slot: state.next_slot,
         }
     }
@@ -91,26 +93,56 @@ impl State {
         w.eni(self, id);
         w.addresses_of(self, id);
         let eni = self.enis.remove(id).expect("checked");
-        self.unindex(&eni);
+        self.unindex(id, &eni);
     }
 
     /// Adds what `eni` puts in the indexes: its private IPs, and its
-    /// instance if it is a primary ENI.
+    /// instance's ([`State::index_instance`]).
     pub(super) fn index(&mut self, id: &str, eni: &Eni) {
         for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
             self.private_ips.insert(ip, id.to_string());
         }
-        if let (EniKind::Primary, Some(a)) = (eni.kind, &eni.attachment) {
-            self.instances.insert(a.instance.clone(), id.to_string());
+        self.index_instance(id, eni);
+    }
+
+    /// Adds what `eni` puts in the instances' indexes: a primary ENI is its
+    /// instance's, a secondary one is attached to it.
+    pub(super) fn index_instance(&mut self, id: &str, eni: &Eni) {
+        match (eni.kind, &eni.attachment) {
+            (EniKind::Primary, Some(a)) => {
+                self.instances.insert(a.instance.clone(), id.to_string());
+            }
+            (EniKind::Secondary, Some(a)) => {
+                self.attached
+                    .entry(a.instance.clone())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+            (_, None) => {}
         }
     }
 
-    pub(super) fn unindex(&mut self, eni: &Eni) {
+    pub(super) fn unindex(&mut self, id: &str, eni: &Eni) {
         for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
             self.private_ips.remove(&ip);
         }
-        if let (EniKind::Primary, Some(a)) = (eni.kind, &eni.attachment) {
-            self.instances.remove(&a.instance);
+        self.unindex_instance(id, eni);
+    }
+
+    fn unindex_instance(&mut self, id: &str, eni: &Eni) {
+        match (eni.kind, &eni.attachment) {
+            (EniKind::Primary, Some(a)) => {
+                self.instances.remove(&a.instance);
+            }
+            (EniKind::Secondary, Some(a)) => {
+                if let Some(enis) = self.attached.get_mut(&a.instance) {
+                    enis.remove(id);
+                    if enis.is_empty() {
+                        self.attached.remove(&a.instance);
+                    }
+                }
+            }
+            (_, None) => {}
         }
     }
 
@@ -119,13 +151,16 @@ impl State {
     pub(super) fn set_attachment(&mut self, w: &mut Writes, id: &str, a: Option<Attachment>) {
         w.eni(self, id);
         w.addresses_of(self, id);
-        let eni = self.enis.get_mut(id).expect("checked");
+        let mut eni = self.enis.remove(id).expect("checked");
         debug_assert!(
             eni.kind == EniKind::Secondary
                 || eni.attachment.as_ref().map(|a| &a.instance) == a.as_ref().map(|a| &a.instance),
             "a primary ENI stays with its instance"
         );
+        self.unindex_instance(id, &eni);
         eni.attachment = a;
+        self.index_instance(id, &eni);
+        self.enis.insert(id.to_string(), eni);
     }
 
     pub(super) fn add_secondary_ip(&mut self, w: &mut Writes, id: &str, ip: Ipv4Addr) {
@@ -152,10 +187,15 @@ impl State {
         w.touched
             .addresses
             .extend([a.eip].into_iter().chain(a.private_ip));
-        if !self.free_slots.remove(&a.slot) && a.slot >= self.next_slot {
+        if self.free_slots.remove(&a.slot) {
+            w.journal.slots.push((a.slot, true));
+        } else if a.slot >= self.next_slot {
             // Above held slots (`State::free_slot`): the ones between are
             // free, as a state rebuilt from the store has them.
-            self.free_slots.extend(self.next_slot..a.slot);
+            for slot in self.next_slot..a.slot {
+                self.free_slots.insert(slot);
+                w.journal.slots.push((slot, false));
+            }
             self.next_slot = a.slot + 1;
         }
         self.enis
@@ -178,10 +218,13 @@ impl State {
             .expect("indexed")
             .eips
             .remove(&eip);
-        self.free_slots.insert(a.slot);
+        if self.free_slots.insert(a.slot) {
+            w.journal.slots.push((a.slot, false));
+        }
         // Keep the slot bookkeeping canonical (free = the gaps below the
         // highest slot in use), so a state rebuilt from the store is equal.
         while self.next_slot > 0 && self.free_slots.remove(&(self.next_slot - 1)) {
+            w.journal.slots.push((self.next_slot - 1, true));
             self.next_slot -= 1;
         }
     }
@@ -194,7 +237,7 @@ impl State {
         // saved ENIs, so all removals go before any insertion).
         for id in journal.enis.keys() {
             if let Some(eni) = self.enis.remove(id) {
-                self.unindex(&eni);
+                self.unindex(id, &eni);
             }
         }
         for (id, saved) in journal.enis {
@@ -208,7 +251,13 @@ impl State {
                 None => self.associations.remove(&eip),
             };
         }
-        self.free_slots = journal.free_slots;
+        for (slot, was_free) in journal.slots.into_iter().rev() {
+            if was_free {
+                self.free_slots.insert(slot);
+            } else {
+                self.free_slots.remove(&slot);
+            }
+        }
         self.next_slot = journal.next_slot;
     }
 }

@@ -240,6 +240,9 @@ pub struct State {
     private_ips: BTreeMap<Ipv4Addr, EniId>,
     /// Instance → its primary ENI.
     instances: BTreeMap<InstanceId, EniId>,
+    /// Instance → the secondary ENIs attached to it, so that terminating
+    /// an instance looks at its own ENIs rather than at every ENI.
+    attached: BTreeMap<InstanceId, BTreeSet<EniId>>,
     /// Counter slots released by a disassociation, reused lowest first.
     free_slots: BTreeSet<u32>,
     /// Slots below this have been handed out at least once.
@@ -269,6 +272,7 @@ impl State {
             associations: BTreeMap::new(),
             private_ips: BTreeMap::new(),
             instances: BTreeMap::new(),
+            attached: BTreeMap::new(),
             free_slots: BTreeSet::new(),
             next_slot: 0,
             held: Held::default(),
@@ -289,9 +293,7 @@ impl State {
                     return Err(format!("{ip} belongs to both {other} and {id}"));
                 }
             }
-            if let (EniKind::Primary, Some(a)) = (eni.kind, &eni.attachment) {
-                s.instances.insert(a.instance.clone(), id.clone());
-            }
+            s.index_instance(&id, &eni);
             s.enis.insert(id, eni);
         }
         let mut used = BTreeSet::new();

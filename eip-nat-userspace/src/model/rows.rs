@@ -69,7 +69,7 @@ impl State {
         // changed rows), then insertions.
         for id in changes.enis.keys() {
             if let Some(eni) = self.enis.remove(id) {
-                self.unindex(&eni);
+                self.unindex(id, &eni);
             }
         }
         for eip in changes.associations.keys() {

@@ -582,13 +582,7 @@ impl State {
         let Some(primary) = self.instances.get(instance).cloned() else {
             return Err(RuleError::UnknownInstance(instance.to_string()));
         };
-        let attached = self.enis.iter().find(|(id, e)| {
-            **id != primary
-                && e.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.instance == instance)
-        });
-        if let Some((eni, _)) = attached {
+        if let Some(eni) = self.attached.get(instance).and_then(|enis| enis.first()) {
             return Err(RuleError::InstanceHasEnis {
                 instance: instance.to_string(),
                 eni: eni.clone(),

@@ -46,6 +46,11 @@ pub struct ControlPlane {
     /// acknowledged once durable, with the associations loaded, from
     /// [`CLIENTS`] concurrent clients.
     pub events_per_second: Vec<(u32, f64)>,
+    /// Disassociating every other loaded association, in batches: seconds.
+    pub disassociate_half_seconds: f64,
+    /// Single events from [`FRAGMENTED_CLIENTS`] clients once half the
+    /// counter slots below the highest in use are free.
+    pub events_per_second_half_free: f64,
     /// Reads (`/v1/generation` and `/v1/stats?eip=`, in turn) while the
     /// batches of the load commit, and while the agent reconciles at a
     /// cold start.
@@ -102,12 +107,19 @@ fn reader(api: Client, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64
 /// `clients` threads each send `each` single events (associate and
 /// disassociate of their own EIP, in turn); events per second.
 fn single_events(agent: &Agent, clients: u32, each: u32) -> f64 {
+    single_events_in(agent, clients, each, 0)
+}
+
+/// [`single_events`] with ENIs and EIPs of their own for each `round`, so
+/// that the same number of clients can run again.
+fn single_events_in(agent: &Agent, clients: u32, each: u32, round: u8) -> f64 {
     let api = agent.client();
+    let name = move |c: u32| format!("eni-events-{round}-{clients}-{c}");
     let enis: Vec<Event> = (0..clients)
         .map(|c| Event::CreateEni {
-            eni: format!("eni-events-{clients}-{c}"),
+            eni: name(c),
             kind: EniKind::Secondary,
-            primary_ip: Ipv4Addr::new(172, 31, clients as u8, c as u8),
+            primary_ip: Ipv4Addr::new(172, 31 - round, clients as u8, c as u8),
             instance: None,
             location: Default::default(),
         })
@@ -122,12 +134,12 @@ fn single_events(agent: &Agent, clients: u32, each: u32) -> f64 {
         .map(|c| {
             let api = agent.client();
             std::thread::spawn(move || {
-                let eip = Ipv4Addr::new(198, 18, clients as u8, c as u8);
+                let eip = Ipv4Addr::new(198, 18 + round, clients as u8, c as u8);
                 for k in 0..each {
                     let ev = if k.is_multiple_of(2) {
                         Event::Associate {
                             eip,
-                            eni: format!("eni-events-{clients}-{c}"),
+                            eni: name(c),
                             private_ip: None,
                             mode: Mode::Nat,
                         }
@@ -147,6 +159,32 @@ fn single_events(agent: &Agent, clients: u32, each: u32) -> f64 {
 
 /// How many concurrent clients send single events, in turn.
 const CLIENTS: [u32; 4] = [1, 16, 64, 256];
+
+/// How many clients send single events once half the slots are free.
+const FRAGMENTED_CLIENTS: u32 = 16;
+
+/// Disassociates every other of the `n` associations [`bulk_load`] made
+/// from `eips`, in batches of [`PER_BATCH`]: their counter slots, spread
+/// over the whole range, are free afterwards, as after a day of churn.
+fn disassociate_every_other(agent: &Agent, eips: [u8; 4], n: u32) -> Duration {
+    let api = agent.client();
+    let t0 = Instant::now();
+    let odd: Vec<u32> = (1..n).step_by(2).collect();
+    for chunk in odd.chunks(PER_BATCH as usize) {
+        let events = chunk
+            .iter()
+            .map(|k| Event::Disassociate {
+                eip: crate::nth(eips, *k),
+            })
+            .collect();
+        api.batch(&Batch {
+            events,
+            if_generation: None,
+        })
+        .expect("disassociate a batch");
+    }
+    t0.elapsed()
+}
 
 pub fn control_plane(quick: bool) -> ControlPlane {
     let n: u32 = if quick { 100_000 } else { 1_000_000 };
@@ -169,7 +207,8 @@ pub fn control_plane(quick: bool) -> ControlPlane {
     eprintln!("control plane: loading {n} associations…");
     let stop = Arc::new(AtomicBool::new(false));
     let reads = reader(agent.client(), Arc::clone(&stop));
-    let load = bulk_load(|| agent.client(), [11, 0, 0, 0], [10, 1, 0, 0], n);
+    const EIPS: [u8; 4] = [11, 0, 0, 0];
+    let load = bulk_load(|| agent.client(), EIPS, [10, 1, 0, 0], n);
     stop.store(true, Ordering::SeqCst);
     let read_during_batch = Latency::of(reads.join().unwrap());
     eprintln!(
@@ -268,6 +307,17 @@ pub fn control_plane(quick: bool) -> ControlPlane {
             .expect("disassociate");
         while server.recv_from(&mut buf).is_ok() {}
     }
+    // Last, as it leaves half the associations: every other one goes, so
+    // that the free counter slots are many and spread out.
+    let disassociate_half = disassociate_every_other(&agent, EIPS, n);
+    let each = (total / FRAGMENTED_CLIENTS).clamp(200, 4_000);
+    let events_per_second_half_free = single_events_in(&agent, FRAGMENTED_CLIENTS, each, 1);
+    eprintln!(
+        "  {} disassociated in {:.2} s; then single events: {events_per_second_half_free:.0}/s \
+         from {FRAGMENTED_CLIENTS} clients",
+        n / 2,
+        disassociate_half.as_secs_f64()
+    );
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
     ControlPlane {
@@ -281,6 +331,8 @@ pub fn control_plane(quick: bool) -> ControlPlane {
         restart_to_first_answer_seconds: first.as_secs_f64(),
         cold_start_seconds: cold.as_secs_f64(),
         events_per_second,
+        disassociate_half_seconds: disassociate_half.as_secs_f64(),
+        events_per_second_half_free,
         read_during_batch,
         read_during_reconcile,
     }
@@ -304,7 +356,9 @@ pub fn control_table(c: &ControlPlane) -> String {
          | cold start after teardown: ready (every entry written) | {:.2} s |\n\
          | reads during the load's batches: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms ({} reads) |\n\
          | reads during the cold start's reconcile: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms ({} reads) |\n\
-         | `associate` returning → first translated datagram: p50 / p99 | {:.0} / {:.0} µs ({} samples) |\n",
+         | `associate` returning → first translated datagram: p50 / p99 | {:.0} / {:.0} µs ({} samples) |\n\
+         | last: every other association disassociated, in batches | {:.2} s |\n\
+         | then single events, {FRAGMENTED_CLIENTS} concurrent clients, half the counter slots free | {:.0}/s |\n",
         c.load_seconds,
         c.associations_per_second,
         c.restart_to_first_answer_seconds,
@@ -321,6 +375,8 @@ pub fn control_table(c: &ControlPlane) -> String {
         c.latency_us_p50,
         c.latency_us_p99,
         c.latency_samples,
+        c.disassociate_half_seconds,
+        c.events_per_second_half_free,
         n = c.associations,
     )
 }
