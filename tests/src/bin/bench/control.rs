@@ -1,8 +1,9 @@
 //! The control plane: loading a million associations through the API,
-//! single events from 1 and 16 concurrent clients, restarting the agent
+//! single events from 1 to 256 concurrent clients, restarting the agent
 //! with them (to the first answer, and to ready), how fast reads are
-//! answered while a batch commits and while the agent reconciles, and how
-//! soon an association takes effect.
+//! answered while a batch commits and while the agent reconciles, how
+//! soon an association takes effect, and, last, single events again once
+//! half the associations are gone (the free counter slots many).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
