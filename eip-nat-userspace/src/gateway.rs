@@ -620,11 +620,19 @@ impl Gateway {
         if self.in_flight.iter().all(|f| f.freed.is_empty()) {
             return false;
         }
+        // One set, not a search of every freed list per EIP: a batch of
+        // associations behind a batch of disassociations would otherwise
+        // cost their product.
+        let freed: std::collections::HashSet<u32> = self
+            .in_flight
+            .iter()
+            .flat_map(|f| f.freed.iter().copied())
+            .collect();
         touched.eips.iter().any(|eip| {
             self.desired
                 .state
                 .association(*eip)
-                .is_some_and(|a| self.in_flight.iter().any(|f| f.freed.contains(&a.slot)))
+                .is_some_and(|a| freed.contains(&a.slot))
         })
     }
 
