@@ -193,8 +193,9 @@ impl State {
             // Above held slots (`State::free_slot`): the ones between are
             // free, as a state rebuilt from the store has them.
             for slot in self.next_slot..a.slot {
-                self.free_slots.insert(slot);
-                w.journal.slots.push((slot, false));
+                if self.free_slots.insert(slot) {
+                    w.journal.slots.push((slot, false));
+                }
             }
             self.next_slot = a.slot + 1;
         }
