@@ -617,9 +617,6 @@ impl Gateway {
     /// Whether a new association in `touched` is on a counter slot that a
     /// group not yet durable freed (the model hands those out last).
     fn takes_a_slot_in_flight(&self, touched: &Touched) -> bool {
-        if self.in_flight.iter().all(|f| f.freed.is_empty()) {
-            return false;
-        }
         // One set, not a search of every freed list per EIP: a batch of
         // associations behind a batch of disassociations would otherwise
         // cost their product.
@@ -628,12 +625,13 @@ impl Gateway {
             .iter()
             .flat_map(|f| f.freed.iter().copied())
             .collect();
-        touched.eips.iter().any(|eip| {
-            self.desired
-                .state
-                .association(*eip)
-                .is_some_and(|a| freed.contains(&a.slot))
-        })
+        !freed.is_empty()
+            && touched.eips.iter().any(|eip| {
+                self.desired
+                    .state
+                    .association(*eip)
+                    .is_some_and(|a| freed.contains(&a.slot))
+            })
     }
 
     /// Waits until every group handed to the committer is durable (true)

@@ -187,18 +187,7 @@ impl State {
         w.touched
             .addresses
             .extend([a.eip].into_iter().chain(a.private_ip));
-        if self.free_slots.remove(&a.slot) {
-            w.journal.slots.push((a.slot, true));
-        } else if a.slot >= self.next_slot {
-            // Above held slots (`State::free_slot`): the ones between are
-            // free, as a state rebuilt from the store has them.
-            for slot in self.next_slot..a.slot {
-                if self.free_slots.insert(slot) {
-                    w.journal.slots.push((slot, false));
-                }
-            }
-            self.next_slot = a.slot + 1;
-        }
+        self.take_slot(a.slot, &mut w.journal.slots);
         self.enis
             .get_mut(&a.eni)
             .expect("checked")
@@ -219,13 +208,35 @@ impl State {
             .expect("indexed")
             .eips
             .remove(&eip);
-        if self.free_slots.insert(a.slot) {
-            w.journal.slots.push((a.slot, false));
+        self.release_slot(a.slot, &mut w.journal.slots);
+    }
+
+    /// Takes counter `slot` for an association, noting in `log` each slot
+    /// whose freedom changes (and whether it was free before).
+    pub(super) fn take_slot(&mut self, slot: u32, log: &mut Vec<(u32, bool)>) {
+        if self.free_slots.remove(&slot) {
+            log.push((slot, true));
+        } else if slot >= self.next_slot {
+            // Above held slots (`State::free_slot`): the ones between are
+            // free, as a state rebuilt from the store has them.
+            for s in self.next_slot..slot {
+                if self.free_slots.insert(s) {
+                    log.push((s, false));
+                }
+            }
+            self.next_slot = slot + 1;
+        }
+    }
+
+    /// Frees counter `slot`, noting changes in `log` as [`State::take_slot`].
+    pub(super) fn release_slot(&mut self, slot: u32, log: &mut Vec<(u32, bool)>) {
+        if self.free_slots.insert(slot) {
+            log.push((slot, false));
         }
         // Keep the slot bookkeeping canonical (free = the gaps below the
         // highest slot in use), so a state rebuilt from the store is equal.
         while self.next_slot > 0 && self.free_slots.remove(&(self.next_slot - 1)) {
-            w.journal.slots.push((self.next_slot - 1, true));
+            log.push((self.next_slot - 1, true));
             self.next_slot -= 1;
         }
     }

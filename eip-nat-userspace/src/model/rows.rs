@@ -72,9 +72,12 @@ impl State {
                 self.unindex(id, &eni);
             }
         }
+        // Slots as an event moves them; nothing here is undone, so their
+        // log is dropped.
+        let mut slots = Vec::new();
         for eip in changes.associations.keys() {
             if let Some(a) = self.associations.remove(eip) {
-                self.free_slots.insert(a.slot);
+                self.release_slot(a.slot, &mut slots);
             }
         }
         for (id, eni) in &changes.enis {
@@ -87,15 +90,9 @@ impl State {
         for (eip, a) in changes.associations {
             t.eips.insert(eip);
             if let Some(a) = a {
-                if !self.free_slots.remove(&a.slot) && a.slot >= self.next_slot {
-                    self.free_slots.extend(self.next_slot..a.slot);
-                    self.next_slot = a.slot + 1;
-                }
+                self.take_slot(a.slot, &mut slots);
                 self.associations.insert(eip, a);
             }
-        }
-        while self.next_slot > 0 && self.free_slots.remove(&(self.next_slot - 1)) {
-            self.next_slot -= 1;
         }
         // And as they are now.
         for id in changes.enis.keys() {
