@@ -45,6 +45,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc: the etcd client's build compiles etcd's API",
     ),
+    (
+        "libprotobuf-dev",
+        "google/protobuf/*.proto, which etcd's API imports (protoc only recommends it)",
+    ),
     ("etcd-server", "a real etcd cluster for the fleet tests"),
     (
         "etcd-client",
@@ -59,15 +63,20 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn missing_packages() -> Result<Vec<&'static str>> {
+/// Those of `pkgs` that dpkg does not have installed.
+fn missing_of<'a>(pkgs: impl IntoIterator<Item = &'a str>) -> Result<Vec<&'a str>> {
     let mut missing = Vec::new();
-    for (pkg, _) in PACKAGES {
+    for pkg in pkgs {
         let out = output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg]))?;
         if String::from_utf8_lossy(&out.stdout).trim() != "installed" {
-            missing.push(*pkg);
+            missing.push(pkg);
         }
     }
     Ok(missing)
+}
+
+fn missing_packages() -> Result<Vec<&'static str>> {
+    missing_of(PACKAGES.iter().map(|(pkg, _)| *pkg))
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
@@ -191,15 +200,11 @@ fn ensure_bpffs() -> Result<()> {
 /// etcd client compiles etcd's API with protoc): installed if missing, or
 /// how to install it.
 pub fn protoc() -> Result<()> {
-    let out = output(Command::new("dpkg-query").args([
-        "-W",
-        "-f=${db:Status-Status}",
-        "protobuf-compiler",
-    ]))?;
-    if String::from_utf8_lossy(&out.stdout).trim() == "installed" {
+    let missing = missing_of(["protobuf-compiler", "libprotobuf-dev"])?;
+    if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&["protobuf-compiler"])
+    apt_install(&missing)
 }
 
 pub fn run() -> Result<()> {

@@ -132,6 +132,7 @@ pub fn bench(
     quick: bool,
     only: Option<&str>,
     placement: Option<&str>,
+    peers: Option<&str>,
     repetitions: Option<usize>,
 ) -> Result<()> {
     let mut c = Command::new("cargo");
@@ -154,6 +155,9 @@ pub fn bench(
     }
     if let Some(p) = placement {
         c.arg(format!("--placement={p}"));
+    }
+    if let Some(p) = peers {
+        c.arg(format!("--peers={p}"));
     }
     if let Some(n) = repetitions {
         c.arg(format!("--repetitions={n}"));

@@ -60,6 +60,10 @@ enum Command {
         /// (everything on CPU 0) or own-cpu (the gateway on CPU 1).
         #[arg(long)]
         placement: Option<String>,
+        /// Throughput of these peers only, by key, comma-separated (e.g.
+        /// `direct,min-nat,fast`: the comparison and the rig's own cost).
+        #[arg(long)]
+        peers: Option<String>,
         /// Rounds of every throughput cell (default 3): more narrow the
         /// medians on a noisy machine.
         #[arg(long)]
@@ -99,11 +103,18 @@ fn main() -> Result<()> {
             quick,
             only,
             placement,
+            peers,
             repetitions,
         } => {
             bootstrap::run()?;
             build::all()?;
-            build::bench(quick, only.as_deref(), placement.as_deref(), repetitions)
+            build::bench(
+                quick,
+                only.as_deref(),
+                placement.as_deref(),
+                peers.as_deref(),
+                repetitions,
+            )
         }
     }
 }
