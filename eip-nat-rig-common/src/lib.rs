@@ -19,6 +19,12 @@ pub const GEN_SEQ: &str = "GEN_SEQ";
 pub const SINK_CONFIG: &str = "SINK_CONFIG";
 /// `PerCpuArray<SinkCounters>`, one entry.
 pub const SINK_COUNTERS: &str = "SINK_COUNTERS";
+/// `DevMap`, one entry: the generator's interface, where `xdp_gen_loop`
+/// sends the frames the sink handed back.
+pub const GEN_PORT: &str = "GEN_PORT";
+/// `DevMap`, one entry: the return veth, where `xdp_sink_loop` hands every
+/// frame back to the generator.
+pub const SINK_PORT: &str = "SINK_PORT";
 /// `DevMap`, one entry: where `xdp_redirect_noop` sends everything.
 pub const NOOP_PORT: &str = "NOOP_PORT";
 
@@ -43,8 +49,10 @@ pub struct GenConfig {
     /// pseudo-header + header + payload, with destination and source port 0.
     pub ip_sum: u32,
     pub udp_sum: u32,
+    /// Non-zero: `xdp_gen_loop` drops what comes back (the loop stops).
+    pub stop: u32,
 }
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 60);
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 64);
 
 /// `xdp_sink` counts a frame as good when (destination & mask) == prefix
 /// and its IPv4 header checksum is valid; anything else is bad.

@@ -61,17 +61,17 @@ fn sum_words(b: [u8; 4]) -> u32 {
     u16::from_be_bytes([b[0], b[1]]) as u32 + u16::from_be_bytes([b[2], b[3]]) as u32
 }
 
-/// Traffic generator for `BPF_F_TEST_XDP_LIVE_FRAMES`: writes a whole
-/// Ethernet/IPv4/UDP header into every frame (live frames are recycled
-/// after the gateway and sink rewrote them), varies destination and source
-/// port per flow, and transmits it out of the generator's interface.
-#[xdp]
-pub fn xdp_gen(ctx: XdpContext) -> u32 {
+/// Writes the next flow's whole Ethernet/IPv4/UDP header into the frame
+/// (frames are recycled after the gateway and sink rewrote them): a
+/// destination and source port per flow, from a per-CPU sequence number.
+/// False for a frame too short, or before the rig is configured.
+#[inline(always)]
+fn write_next_flow(ctx: &XdpContext) -> bool {
     let (Some(cfg), Some(seq)) = (GEN_CONFIG.get(0), GEN_SEQ.get_ptr_mut(0)) else {
-        return XDP_ABORTED;
+        return false;
     };
-    let Some(hdr) = ptr_at::<[u8; GEN_HEADER_LEN]>(&ctx, 0) else {
-        return XDP_ABORTED;
+    let Some(hdr) = ptr_at::<[u8; GEN_HEADER_LEN]>(ctx, 0) else {
+        return false;
     };
     // SAFETY: per-CPU slot; ptr_at checked the header bytes are in the frame.
     let flow = unsafe {
@@ -95,7 +95,37 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
         h[34..36].copy_from_slice(&sport.to_be_bytes());
         h[40..42].copy_from_slice(&udp_check.to_be_bytes());
     }
-    XDP_TX
+    true
+}
+
+/// Traffic generator for `BPF_F_TEST_XDP_LIVE_FRAMES`: writes the next
+/// flow into every frame and transmits it out of the generator's
+/// interface.
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    if write_next_flow(&ctx) {
+        XDP_TX
+    } else {
+        XDP_ABORTED
+    }
+}
+
+#[map(name = "GEN_PORT")]
+static GEN_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// The generator where the kernel refuses live frames: the frames the
+/// sink hands back (`xdp_sink_loop`) arrive here, get the next flow
+/// written, and are redirected out of the generator's interface to the
+/// gateway again, so a population of frames circulates. Dropped once the
+/// rig sets `GenConfig::stop`, so that nothing runs between measurements.
+#[xdp]
+pub fn xdp_gen_loop(ctx: XdpContext) -> u32 {
+    let running = GEN_CONFIG.get(0).is_some_and(|c| c.stop == 0);
+    if running && write_next_flow(&ctx) {
+        GEN_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
+    } else {
+        XDP_DROP
+    }
 }
 
 #[map(name = "SINK_CONFIG")]
@@ -104,15 +134,15 @@ static SINK_CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SINK_COUNTERS")]
 static SINK_COUNTERS: PerCpuArray<SinkCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// The benchmark's receiver: counts IPv4 frames whose destination is in the
-/// expected prefix and whose header checksum holds as good, anything else
-/// as bad, and drops them all.
-#[xdp]
-pub fn xdp_sink(ctx: XdpContext) -> u32 {
+/// Counts one frame: good when it is IPv4 with a valid header checksum and
+/// a destination in the expected prefix, bad otherwise. False before the
+/// rig is configured.
+#[inline(always)]
+fn count(ctx: &XdpContext) -> bool {
     let (Some(cfg), Some(c)) = (SINK_CONFIG.get(0), SINK_COUNTERS.get_ptr_mut(0)) else {
-        return XDP_ABORTED;
+        return false;
     };
-    let good = match ptr_at::<[u8; ETH_HLEN + 20]>(&ctx, 0) {
+    let good = match ptr_at::<[u8; ETH_HLEN + 20]>(ctx, 0) {
         // SAFETY: ptr_at checked the bytes are in the frame.
         Some(h) => unsafe {
             let h = &*h;
@@ -140,7 +170,32 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
             (*c).bad += 1;
         }
     }
-    XDP_DROP
+    true
+}
+
+/// The benchmark's receiver: counts every frame (`count`) and drops it.
+#[xdp]
+pub fn xdp_sink(ctx: XdpContext) -> u32 {
+    if count(&ctx) {
+        XDP_DROP
+    } else {
+        XDP_ABORTED
+    }
+}
+
+#[map(name = "SINK_PORT")]
+static SINK_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// The receiver of the looping rig: counts every frame as `xdp_sink`
+/// does, then hands it back to the generator (`xdp_gen_loop`) over the
+/// return veth instead of dropping it.
+#[xdp]
+pub fn xdp_sink_loop(ctx: XdpContext) -> u32 {
+    if count(&ctx) {
+        SINK_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
+    } else {
+        XDP_ABORTED
+    }
 }
 
 // Sized by the loader (`EbpfLoader::map_max_entries`) to the mappings.

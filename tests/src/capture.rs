@@ -16,41 +16,76 @@ pub struct Capture {
     fd: OwnedFd,
 }
 
+/// An AF_PACKET socket bound to `ifname` in `ns`, for every protocol.
+fn packet_socket(ns: &str, ifname: &str) -> OwnedFd {
+    let index = ifindex(ns, ifname);
+    let fd = in_netns(ns, || {
+        // SAFETY: plain socket(2) call; the fd is owned right after.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (ETH_P_ALL.to_be()) as libc::c_int,
+            )
+        };
+        assert!(
+            raw >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(raw) }
+    });
+    // SAFETY: zeroed sockaddr_ll is a valid starting value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ALL.to_be();
+    sll.sll_ifindex = index as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// Sends whole frames out of one interface, as they are.
+pub struct RawSender {
+    fd: OwnedFd,
+}
+
+impl RawSender {
+    pub fn open(ns: &str, ifname: &str) -> Self {
+        Self {
+            fd: packet_socket(ns, ifname),
+        }
+    }
+
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Capture {
     /// Starts capturing frames received on `ifname` in `ns`.
     pub fn start(ns: &str, ifname: &str) -> Self {
-        let index = ifindex(ns, ifname);
-        let fd = in_netns(ns, || {
-            // SAFETY: plain socket(2) call; the fd is owned right after.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    (ETH_P_ALL.to_be()) as libc::c_int,
-                )
-            };
-            assert!(
-                raw >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `raw` is a fresh fd nobody else owns.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        });
-        // SAFETY: zeroed sockaddr_ll is a valid starting value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL.to_be();
-        sll.sll_ifindex = index as i32;
-        // SAFETY: sll is a valid sockaddr_ll of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        let fd = packet_socket(ns, ifname);
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 50_000,

@@ -1,7 +1,8 @@
 //! Handles on the rig's programs (`eip-nat-rig-ebpf`), for veth test
 //! rigs, the demo and the benchmark: a pass-through receiver, a no-op
-//! redirector, the minimal NAT the benchmark compares with, a live-frame
-//! traffic generator and a counting sink. Their object is not the agent's:
+//! redirector, the minimal NAT the benchmark compares with, a traffic
+//! generator (live frames, or a loop where the kernel refuses those) and
+//! a counting sink. Their object is not the agent's:
 //! the agent never carries them.
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -77,6 +78,15 @@ fn attach_native(ebpf: &mut Ebpf, program: &'static str, iface: &str) -> Result<
     Ok(())
 }
 
+/// Points one-entry `DevMap` `name` at `ifindex`.
+fn set_port(ebpf: &mut Ebpf, name: &'static str, ifindex: u32) -> Result<()> {
+    let mut port: DevMap<MapData> = take(ebpf, name)?;
+    port.set(0, ifindex, None, 0)
+        .with_context(|| format!("ifindex {ifindex} in map {name}"))?;
+    // The map stays referenced by the loaded program.
+    Ok(())
+}
+
 /// Runs `program` once on `frame` (BPF_PROG_TEST_RUN, no live frames);
 /// returns its action and the frame it left.
 fn run_once(program: &mut Xdp, name: &'static str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
@@ -130,10 +140,7 @@ pub struct NoopRedirect {
 impl NoopRedirect {
     pub fn attach(iface: &str, egress_ifindex: u32) -> Result<Self> {
         let mut ebpf = attached("xdp_redirect_noop", iface)?;
-        let mut port: DevMap<MapData> = take(&mut ebpf, names::NOOP_PORT)?;
-        port.set(0, egress_ifindex, None, 0)
-            .with_context(|| format!("ifindex {egress_ifindex} as the egress port"))?;
-        // The map stays referenced by the loaded program.
+        set_port(&mut ebpf, names::NOOP_PORT, egress_ifindex)?;
         Ok(Self { _ebpf: ebpf })
     }
 }
@@ -159,9 +166,7 @@ impl MinNat {
         config
             .set(0, macs, 0)
             .with_context(|| format!("map {}", names::MIN_NAT_CONFIG))?;
-        let mut port: DevMap<MapData> = take(&mut ebpf, names::MIN_NAT_PORT)?;
-        port.set(0, egress_ifindex, None, 0)
-            .with_context(|| format!("ifindex {egress_ifindex} as the egress port"))?;
+        set_port(&mut ebpf, names::MIN_NAT_PORT, egress_ifindex)?;
         let table = take(&mut ebpf, names::MIN_NAT_TABLE)?;
         Ok(Self { ebpf, table })
     }
@@ -204,37 +209,61 @@ impl MinNat {
     }
 }
 
-/// `xdp_sink` on an interface: counts and drops.
+/// `xdp_sink` on an interface: counts and drops (or, in the looping rig,
+/// `xdp_sink_loop`: counts and hands back to the generator).
 pub struct Sink {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    program: &'static str,
     counters: PerCpuArray<MapData, SinkCounters>,
 }
 
 impl Sink {
     /// Frames count as good when their destination is in `prefix/len`.
     pub fn attach(iface: &str, prefix: [u8; 4], len: u8) -> Result<Self> {
-        Self::configure(attached("xdp_sink", iface)?, prefix, len)
+        Self::configure(attached("xdp_sink", iface)?, "xdp_sink", prefix, len)
+    }
+
+    /// [`Self::attach`] for the looping rig ([`LoopGenerator`]): every
+    /// frame, counted, leaves again through `return_ifindex`.
+    pub fn attach_looping(
+        iface: &str,
+        prefix: [u8; 4],
+        len: u8,
+        return_ifindex: u32,
+    ) -> Result<Self> {
+        let mut sink = Self::detached_looping(prefix, len, return_ifindex)?;
+        attach_native(&mut sink.ebpf, sink.program, iface)?;
+        Ok(sink)
+    }
+
+    /// [`Self::attach_looping`], not attached, for [`Self::run`].
+    pub fn detached_looping(prefix: [u8; 4], len: u8, return_ifindex: u32) -> Result<Self> {
+        const PROGRAM: &str = "xdp_sink_loop";
+        let mut ebpf = load(PROGRAM)?;
+        set_port(&mut ebpf, names::SINK_PORT, return_ifindex)?;
+        Self::configure(ebpf, PROGRAM, prefix, len)
     }
 
     /// Loaded but not attached, for feeding it frames with [`Self::run`].
     pub fn detached(prefix: [u8; 4], len: u8) -> Result<Self> {
-        Self::configure(load("xdp_sink")?, prefix, len)
+        Self::configure(load("xdp_sink")?, "xdp_sink", prefix, len)
     }
 
     /// Runs the sink once on `frame` (BPF_PROG_TEST_RUN); returns its action.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
-        let program = xdp(&mut self._ebpf, "xdp_sink")?;
-        Ok(run_once(program, "xdp_sink", frame)?.0)
+        let program = xdp(&mut self.ebpf, self.program)?;
+        Ok(run_once(program, self.program, frame)?.0)
     }
 
-    fn configure(mut ebpf: Ebpf, prefix: [u8; 4], len: u8) -> Result<Self> {
+    fn configure(mut ebpf: Ebpf, program: &'static str, prefix: [u8; 4], len: u8) -> Result<Self> {
         let mask = (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)).to_be_bytes();
         let mut cfg: Array<MapData, SinkConfig> = take(&mut ebpf, names::SINK_CONFIG)?;
         cfg.set(0, SinkConfig { prefix, mask }, 0)
             .with_context(|| format!("map {}", names::SINK_CONFIG))?;
         let counters = take(&mut ebpf, names::SINK_COUNTERS)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
+            program,
             counters,
         })
     }
@@ -304,6 +333,7 @@ impl Traffic {
             flows_mask: self.flows - 1,
             ip_sum,
             udp_sum,
+            stop: 0,
         };
         (f, cfg)
     }
@@ -358,5 +388,138 @@ impl Generator {
             })
             .context("live-frame test run of xdp_gen")?;
         Ok(start.elapsed())
+    }
+}
+
+/// Whether this kernel runs `BPF_F_TEST_XDP_LIVE_FRAMES`: some sandboxes
+/// refuse it (EPERM) even to root. Tried on the loopback of `ns`, a
+/// namespace of the caller's, with one frame.
+pub fn live_frames_allowed(ns: &str) -> Result<bool> {
+    let ifindex = crate::netns::ifindex(ns, "lo");
+    let traffic = Traffic {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src: [198, 51, 100, 2],
+        dst_base: [198, 18, 0, 0],
+        sport_base: 1024,
+        dport: 9,
+        flows: 1,
+        frame_len: 60,
+    };
+    crate::netns::in_netns(ns, || {
+        let mut g = Generator::new(ifindex, &traffic)?;
+        match g.send(1) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+                }) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// The generator where the kernel refuses live frames: a loop. The sink
+/// (`xdp_sink_loop`, [`Sink::attach_looping`]) hands every frame back over
+/// a return veth, `xdp_gen_loop` on the generator's end of it writes the
+/// next flow into it and redirects it out of the generator's interface
+/// again. So the gateway sees exactly the traffic of the live-frame
+/// generator, each frame an XDP frame from end to end, and the loop runs
+/// at the rate of its slowest stage: the full veth ring in front of it
+/// drops what does not fit, and [`Self::seed`] tops the population up.
+pub struct LoopGenerator {
+    ebpf: Ebpf,
+    config: Array<MapData, GenConfig>,
+    cfg: GenConfig,
+    seq: PerCpuArray<MapData, u64>,
+    template: Vec<u8>,
+}
+
+impl LoopGenerator {
+    const PROGRAM: &'static str = "xdp_gen_loop";
+
+    /// Loaded, sending out of `out_ifindex`, not attached; stopped until
+    /// [`Self::start`].
+    pub fn new(out_ifindex: u32, traffic: &Traffic) -> Result<Self> {
+        let mut ebpf = load(Self::PROGRAM)?;
+        let (template, cfg) = traffic.build();
+        let config: Array<MapData, GenConfig> = take(&mut ebpf, names::GEN_CONFIG)?;
+        let seq = take(&mut ebpf, names::GEN_SEQ)?;
+        set_port(&mut ebpf, names::GEN_PORT, out_ifindex)?;
+        let mut g = Self {
+            ebpf,
+            config,
+            cfg,
+            seq,
+            template,
+        };
+        g.stop()?;
+        Ok(g)
+    }
+
+    /// [`Self::new`], attached natively to `return_iface` (in the caller's
+    /// namespace) until dropped.
+    pub fn attach(return_iface: &str, out_ifindex: u32, traffic: &Traffic) -> Result<Self> {
+        let mut g = Self::new(out_ifindex, traffic)?;
+        attach_native(&mut g.ebpf, Self::PROGRAM, return_iface)?;
+        Ok(g)
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN, which does
+    /// not redirect); returns its action and the frame it left.
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        run_once(xdp(&mut self.ebpf, Self::PROGRAM)?, Self::PROGRAM, frame)
+    }
+
+    /// The next flows follow `traffic` (same interfaces and length).
+    pub fn set_traffic(&mut self, traffic: &Traffic) -> Result<()> {
+        let (template, cfg) = traffic.build();
+        self.template = template;
+        self.cfg = GenConfig { stop: 1, ..cfg };
+        self.write_config()
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.cfg.stop = 0;
+        self.write_config()
+    }
+
+    /// Frames that come back are dropped: the loop empties within a lap.
+    pub fn stop(&mut self) -> Result<()> {
+        self.cfg.stop = 1;
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config
+            .set(0, self.cfg, 0)
+            .with_context(|| format!("map {}", names::GEN_CONFIG))
+    }
+
+    /// Puts `frames` more frames into the loop through `sender`, the
+    /// return veth's other end.
+    pub fn seed(&self, sender: &crate::capture::RawSender, frames: u32) -> Result<()> {
+        for _ in 0..frames {
+            match sender.send(&self.template) {
+                Ok(()) => {}
+                // A full queue: the loop has enough for now.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                Err(e) => return Err(e).context("seeding the loop"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames generated so far, all CPUs.
+    pub fn generated(&self) -> Result<u64> {
+        let per_cpu = self
+            .seq
+            .get(&0, 0)
+            .with_context(|| format!("map {}", names::GEN_SEQ))?;
+        Ok(per_cpu.iter().sum())
     }
 }

@@ -1138,10 +1138,10 @@ fn fast_path_falls_back_to_the_kernel_translated() {
 
 // ---- The benchmark's own programs: what it measures must be right ----
 
-#[test]
-fn generator_frames_are_valid_and_follow_the_flow_pattern() {
-    require_root();
-    let traffic = integration_tests::rig::Traffic {
+/// What the benchmark's generators send: 65,536 flows, 256 source ports
+/// per destination.
+fn bench_traffic() -> integration_tests::rig::Traffic {
+    integration_tests::rig::Traffic {
         src_mac: MAC_A,
         dst_mac: MAC_B,
         src: INTERNET.octets(),
@@ -1150,21 +1150,67 @@ fn generator_frames_are_valid_and_follow_the_flow_pattern() {
         dport: 9,
         flows: 65_536,
         frame_len: 60,
-    };
-    let mut generator = integration_tests::rig::Generator::new(1, &traffic).expect("load xdp_gen");
-    for flow in 0u32..300 {
-        let frame = generator.sample().expect("run xdp_gen");
-        assert_eq!(frame.len(), 60);
-        assert_eq!(&frame[..12], &[MAC_B, MAC_A].concat()[..]);
-        let p = integration_tests::packet::parse_and_verify(&frame)
-            .unwrap_or_else(|e| panic!("flow {flow}: {e}"));
-        assert_eq!(p.src, INTERNET);
-        assert_eq!(
-            p.dst,
-            Ipv4Addr::from(u32::from_be_bytes([198, 18, 1, 0]) + flow / 256)
-        );
-        assert_eq!(p.ports(), Some((1024 + (flow % 256) as u16, 9)));
     }
+}
+
+/// Flow `flow` as [`bench_traffic`] describes it, checksums verified.
+fn assert_generated(frame: &[u8], flow: u32) {
+    assert_eq!(frame.len(), 60);
+    assert_eq!(&frame[..12], &[MAC_B, MAC_A].concat()[..]);
+    let p = integration_tests::packet::parse_and_verify(frame)
+        .unwrap_or_else(|e| panic!("flow {flow}: {e}"));
+    assert_eq!(p.src, INTERNET);
+    assert_eq!(
+        p.dst,
+        Ipv4Addr::from(u32::from_be_bytes([198, 18, 1, 0]) + flow / 256)
+    );
+    assert_eq!(p.ports(), Some((1024 + (flow % 256) as u16, 9)));
+}
+
+#[test]
+fn generator_frames_are_valid_and_follow_the_flow_pattern() {
+    require_root();
+    let mut generator =
+        integration_tests::rig::Generator::new(1, &bench_traffic()).expect("load xdp_gen");
+    for flow in 0u32..300 {
+        assert_generated(&generator.sample().expect("run xdp_gen"), flow);
+    }
+}
+
+/// The looping generator rewrites whatever comes back (here a frame the
+/// sink saw, already translated) into the next flow and sends it on; once
+/// stopped it drops what comes back, so the loop empties.
+#[test]
+fn looping_generator_writes_the_next_flow_and_stops_when_told() {
+    require_root();
+    let mut generator =
+        integration_tests::rig::LoopGenerator::new(1, &bench_traffic()).expect("load xdp_gen_loop");
+    // A frame of the loop as the sink hands it back: the template's
+    // payload (the generator writes only the headers), translated.
+    let (mut returned, _) = bench_traffic().build();
+    returned[30..34].copy_from_slice(&[10, 200, 1, 7]);
+    let (action, _) = generator.run(&returned).unwrap();
+    assert_eq!(action, XDP_DROP, "stopped until started");
+    assert_eq!(generator.generated().unwrap(), 0);
+    generator.start().unwrap();
+    for flow in 0u32..300 {
+        let (action, frame) = generator.run(&returned).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "flow {flow} goes out again");
+        assert_generated(&frame, flow);
+    }
+    assert_eq!(generator.generated().unwrap(), 300);
+    generator.stop().unwrap();
+    assert_eq!(generator.run(&returned).unwrap().0, XDP_DROP);
+}
+
+/// A good frame, a wrong destination and a bad checksum, twice each as
+/// good: what the sinks' tests feed them.
+fn sink_frames() -> [Vec<u8>; 4] {
+    let good = udp(INTERNET, 1, Ipv4Addr::new(10, 200, 1, 7), 9, b"x", true).frame();
+    let wrong_dst = udp(INTERNET, 1, EIP, 9, b"x", true).frame();
+    let mut bad_checksum = good.clone();
+    bad_checksum[24] ^= 0x40;
+    [good.clone(), good, wrong_dst, bad_checksum]
 }
 
 #[test]
@@ -1172,12 +1218,20 @@ fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
     require_root();
     let mut sink =
         integration_tests::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
-    let good = udp(INTERNET, 1, Ipv4Addr::new(10, 200, 1, 7), 9, b"x", true).frame();
-    let wrong_dst = udp(INTERNET, 1, EIP, 9, b"x", true).frame();
-    let mut bad_checksum = good.clone();
-    bad_checksum[24] ^= 0x40;
-    for f in [&good, &good, &wrong_dst, &bad_checksum] {
-        assert_eq!(sink.run(f).unwrap(), XDP_DROP, "the sink drops everything");
+    for f in sink_frames() {
+        assert_eq!(sink.run(&f).unwrap(), XDP_DROP, "the sink drops everything");
+    }
+    let c = sink.counters().unwrap();
+    assert_eq!((c.good, c.bad), (2, 2));
+}
+
+#[test]
+fn looping_sink_counts_as_the_sink_and_hands_every_frame_back() {
+    require_root();
+    let mut sink = integration_tests::rig::Sink::detached_looping([10, 200, 0, 0], 16, 1)
+        .expect("load xdp_sink_loop");
+    for f in sink_frames() {
+        assert_eq!(sink.run(&f).unwrap(), XDP_REDIRECT, "every frame goes back");
     }
     let c = sink.counters().unwrap();
     assert_eq!((c.good, c.bad), (2, 2));

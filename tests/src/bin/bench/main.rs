@@ -62,6 +62,8 @@ struct Report {
     machine: String,
     seconds_per_repetition: f64,
     repetitions: usize,
+    /// How the throughput rig made its traffic.
+    generator: Option<throughput::GeneratorKind>,
     throughput: Vec<throughput::Measurement>,
     against_min_nat: Vec<tables::Comparison>,
     micro: Vec<micro::Row>,
@@ -113,6 +115,7 @@ fn main() {
         machine: machine(),
         seconds_per_repetition: secs,
         repetitions: reps,
+        generator: None,
         throughput: vec![],
         against_min_nat: vec![],
         micro: vec![],
@@ -132,7 +135,10 @@ fn main() {
             // The smoke run loads a tenth: a million through the API takes
             // most of a minute.
             many: if quick { 100_000 } else { 1_000_000 },
+            generator: throughput::GeneratorKind::detect(),
         };
+        writeln!(md, "Traffic: {}.\n", plan.generator.label()).unwrap();
+        report.generator = Some(plan.generator);
         report.throughput = throughput::run(&plan);
         for &p in &plan.placements {
             md.push_str(&tables::table(&report.throughput, p));

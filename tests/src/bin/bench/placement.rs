@@ -115,7 +115,7 @@ fn napi_threads() -> Vec<(libc::pid_t, String)> {
         .collect()
 }
 
-/// One interface's NAPI kernel thread, pinned to [`GATEWAY_CPU`].
+/// One interface's NAPI kernel thread, pinned to a CPU.
 #[derive(Debug)]
 struct NapiThread {
     pid: libc::pid_t,
@@ -124,8 +124,9 @@ struct NapiThread {
 
 impl NapiThread {
     /// Turns threaded NAPI on for `end` (a veth with one receive queue, so
-    /// one thread, `napi/<ifname>-<napi id>`), and pins the new thread.
-    fn start(end: &End, priority: i32) -> Self {
+    /// one thread, `napi/<ifname>-<napi id>`), and pins the new thread to
+    /// `cpu`, real-time at `priority` if given.
+    fn start(end: &End, cpu: usize, priority: Option<i32>) -> Self {
         let before = napi_threads();
         let sysfs = format!("/sys/class/net/{}/threaded", end.ifname);
         ns_sh(&end.ns, &["sh", "-c", &format!("echo 1 > {sysfs}")]);
@@ -140,8 +141,10 @@ impl NapiThread {
                 end.ifname
             );
         };
-        pin(*pid, GATEWAY_CPU);
-        real_time(*pid, priority);
+        pin(*pid, cpu);
+        if let Some(priority) = priority {
+            real_time(*pid, priority);
+        }
         Self {
             pid: *pid,
             name: name.clone(),
@@ -181,10 +184,14 @@ impl NapiThread {
 
 /// The gateway on [`GATEWAY_CPU`]: threaded NAPI on the gateway's public
 /// end (where its XDP program runs) and on the sink's end, both threads
-/// pinned there. On the direct rig the sink is the only receiver.
+/// pinned there. On the direct rig the sink is the only receiver. With the
+/// looping generator, its receive processing (where it writes the next
+/// flow) is threaded too and pinned to [`GENERATOR_CPU`], as the
+/// live-frame generator's thread is.
 pub struct OwnCpu {
     gateway: Option<NapiThread>,
     sink: NapiThread,
+    _generator: Option<NapiThread>,
 }
 
 /// CPU time at one instant, for [`OwnCpu::cost`].
@@ -208,7 +215,7 @@ pub struct Cost {
 }
 
 impl OwnCpu {
-    pub fn place(rig: &Rig) -> Self {
+    pub fn place(rig: &Rig, looping: bool) -> Self {
         assert!(
             std::thread::available_parallelism().map_or(0, |n| n.get()) > GATEWAY_CPU,
             "the gateway needs a CPU of its own: CPU {GATEWAY_CPU} is not available"
@@ -219,8 +226,9 @@ impl OwnCpu {
             // the sink of the very frames it hands over.
             gateway: rig
                 .has_gateway()
-                .then(|| NapiThread::start(&rig.gw_public, 50)),
-            sink: NapiThread::start(&rig.sink, 51),
+                .then(|| NapiThread::start(&rig.gw_public, GATEWAY_CPU, Some(50))),
+            sink: NapiThread::start(&rig.sink, GATEWAY_CPU, Some(51)),
+            _generator: looping.then(|| NapiThread::start(&rig.gen_ret, GENERATOR_CPU, None)),
         }
     }
 

@@ -4,13 +4,17 @@
 //! others of the same run.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    netns::{ifindex, in_netns},
-    rig::{Generator, Sink, Traffic},
+    capture::RawSender,
+    netns::{ifindex, in_netns, Namespaces},
+    rig::{live_frames_allowed, Generator, LoopGenerator, Sink, Traffic},
 };
 use serde::Serialize;
 
@@ -51,6 +55,43 @@ pub struct Plan {
     pub peers: Vec<Peer>,
     /// The larger number of associations loaded (the smaller is [`EIPS`]).
     pub many: u32,
+    pub generator: GeneratorKind,
+}
+
+/// How the rig makes its traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum GeneratorKind {
+    /// `xdp_gen` under `BPF_F_TEST_XDP_LIVE_FRAMES`.
+    LiveFrames,
+    /// Frames circulating sink → generator → gateway → sink, where the
+    /// kernel refuses live frames ([`LoopGenerator`]).
+    Loop,
+}
+
+impl GeneratorKind {
+    /// Live frames where the kernel runs them, else the loop.
+    pub fn detect() -> Self {
+        let mut namespaces = Namespaces::new();
+        let probe = namespaces.add("probe");
+        if live_frames_allowed(&probe).expect("probing live frames") {
+            Self::LiveFrames
+        } else {
+            eprintln!(
+                "this kernel refuses BPF_F_TEST_XDP_LIVE_FRAMES (EPERM): the rig's frames loop \
+                 sink → generator → gateway instead (docs/benchmarks.md)"
+            );
+            Self::Loop
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LiveFrames => "live-frame generator (BPF_F_TEST_XDP_LIVE_FRAMES)",
+            Self::Loop => {
+                "looping generator (frames handed back by the sink; live frames refused here)"
+            }
+        }
+    }
 }
 
 fn runs_in(peer: Peer, placement: Placement) -> bool {
@@ -65,7 +106,7 @@ pub fn run(plan: &Plan) -> Vec<Measurement> {
             .iter()
             .filter(|p| associations == EIPS || p.with_many_associations())
             .filter(|p| plan.placements.iter().any(|&pl| runs_in(**p, pl)))
-            .map(|&p| Setup::new(p, associations))
+            .map(|&p| Setup::new(p, associations, plan.generator))
             .collect();
         for &placement in &plan.placements {
             let runs = |s: &&mut Setup| runs_in(s.peer, placement);
@@ -128,19 +169,34 @@ fn rounds(setups: &[&Setup], placement: Placement, plan: &Plan) -> Vec<Measureme
     cells.into_iter().map(|(_, m)| m).collect()
 }
 
+/// The looping generator of a rig, and where it is seeded from.
+struct Loop {
+    /// Locked by the thread that seeds it and the one that measures it.
+    gen: Mutex<LoopGenerator>,
+    seeder: RawSender,
+}
+
+/// Frames put into a loop as it starts: more than its rings and NAPI
+/// batches hold, so that the slowest stage always has a full ring.
+const LOOP_SEED: u32 = 4096;
+/// Frames added every [`LOOP_TOP_UP_EVERY`] for those the full ring drops.
+const LOOP_TOP_UP: u32 = 64;
+const LOOP_TOP_UP_EVERY: Duration = Duration::from_millis(2);
+
 /// One peer, started on a rig of its own, with the sink attached.
 struct Setup {
     peer: Peer,
     associations: u32,
     own_cpu: Option<OwnCpu>,
     sink: Sink,
+    looping: Option<Loop>,
     _gateway: Gateway,
     /// Last: its namespaces go after everything in them.
     rig: Rig,
 }
 
 impl Setup {
-    fn new(peer: Peer, associations: u32) -> Self {
+    fn new(peer: Peer, associations: u32, generator: GeneratorKind) -> Self {
         eprintln!(
             "setting up {} with {associations} associations…",
             peer.label()
@@ -148,13 +204,34 @@ impl Setup {
         let rig = rig(peer == Peer::Direct);
         let gateway = start_peer(peer, &rig, associations);
         let (prefix, len) = peer.sink_expects();
-        let sink =
-            in_netns(&rig.sink.ns, || Sink::attach(&rig.sink.ifname, prefix, len)).expect("sink");
+        let (sink, looping) = match generator {
+            GeneratorKind::LiveFrames => {
+                let sink = in_netns(&rig.sink.ns, || Sink::attach(&rig.sink.ifname, prefix, len));
+                (sink.expect("sink"), None)
+            }
+            GeneratorKind::Loop => {
+                let back = ifindex(&rig.sink_ret.ns, &rig.sink_ret.ifname);
+                let sink = in_netns(&rig.sink.ns, || {
+                    Sink::attach_looping(&rig.sink.ifname, prefix, len, back)
+                })
+                .expect("sink");
+                let out = ifindex(&rig.gen.ns, &rig.gen.ifname);
+                let traffic = traffic(&rig, peer, 1);
+                let gen = in_netns(&rig.gen_ret.ns, || {
+                    LoopGenerator::attach(&rig.gen_ret.ifname, out, &traffic)
+                })
+                .expect("looping generator");
+                let seeder = RawSender::open(&rig.sink_ret.ns, &rig.sink_ret.ifname);
+                let gen = Mutex::new(gen);
+                (sink, Some(Loop { gen, seeder }))
+            }
+        };
         Self {
             peer,
             associations,
             own_cpu: None,
             sink,
+            looping,
             _gateway: gateway,
             rig,
         }
@@ -165,28 +242,22 @@ impl Setup {
             Placement::OneCore => assert!(self.own_cpu.is_none(), "placements out of order"),
             Placement::OwnCpu => {
                 if self.own_cpu.is_none() {
-                    self.own_cpu = Some(OwnCpu::place(&self.rig));
+                    self.own_cpu = Some(OwnCpu::place(&self.rig, self.looping.is_some()));
                 }
             }
         }
     }
 
     fn traffic(&self, flows: u32) -> Traffic {
-        Traffic {
-            src_mac: self.rig.gen.mac,
-            dst_mac: self.rig.gw_public.mac,
-            src: self.rig.gen.addr.octets(),
-            dst_base: self.peer.dst_base(),
-            sport_base: 1024,
-            dport: 9,
-            flows,
-            frame_len: 60,
-        }
+        traffic(&self.rig, self.peer, flows)
     }
 
     /// Generates for half a second of warm-up, then counts what reaches
     /// the sink over `secs`.
     fn repetition(&self, m: &mut Measurement, secs: f64) {
+        if self.looping.is_some() {
+            return self.loop_repetition(m, secs);
+        }
         let traffic = self.traffic(m.flows);
         let gen = &self.rig.gen;
         let gen_if = ifindex(&gen.ns, &gen.ifname);
@@ -224,5 +295,67 @@ impl Setup {
                 m.cost.push(own.cost(a, b, good));
             }
         });
+    }
+
+    /// [`Self::repetition`] with the looping generator: seeded, topped up
+    /// from [`GENERATOR_CPU`], stopped and drained afterwards so that it
+    /// takes no CPU while the other peers are measured.
+    fn loop_repetition(&self, m: &mut Measurement, secs: f64) {
+        let lp = self.looping.as_ref().expect("a looping rig");
+        let gen = || lp.gen.lock().unwrap_or_else(|p| p.into_inner());
+        gen()
+            .set_traffic(&self.traffic(m.flows))
+            .expect("the loop's traffic");
+        gen().start().expect("starting the loop");
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                pin_self(GENERATOR_CPU);
+                gen().seed(&lp.seeder, LOOP_SEED).expect("seeding the loop");
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed)
+                    && start.elapsed() < Duration::from_secs_f64(secs + 5.0)
+                {
+                    std::thread::sleep(LOOP_TOP_UP_EVERY);
+                    gen()
+                        .seed(&lp.seeder, LOOP_TOP_UP)
+                        .expect("topping the loop up");
+                }
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
+            let (c0, g0) = (self.sink.counters().unwrap(), gen().generated().unwrap());
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let (c1, g1) = (self.sink.counters().unwrap(), gen().generated().unwrap());
+            let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
+            let dt = t0.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let good = c1.good - c0.good;
+            m.pps.push(good as f64 / dt);
+            m.bad += c1.bad - c0.bad;
+            m.offered_pps.push((g1 - g0) as f64 / dt);
+            if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
+                m.cost.push(own.cost(a, b, good));
+            }
+        });
+        gen().stop().expect("stopping the loop");
+        // A lap takes microseconds; what is still in a ring is dropped
+        // when it comes back.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the generator sends to `peer` on `rig`.
+fn traffic(rig: &Rig, peer: Peer, flows: u32) -> Traffic {
+    Traffic {
+        src_mac: rig.gen.mac,
+        dst_mac: rig.gw_public.mac,
+        src: rig.gen.addr.octets(),
+        dst_base: peer.dst_base(),
+        sport_base: 1024,
+        dport: 9,
+        flows,
+        frame_len: 60,
     }
 }

@@ -9,6 +9,11 @@ pub struct Rig {
     pub gw_public: End,
     pub gw_private: End,
     pub sink: End,
+    /// The return veth of the looping generator: the sink hands frames
+    /// back through `sink_ret` to `gen_ret` (`LoopGenerator`); unused by
+    /// the live-frame generator.
+    pub sink_ret: End,
+    pub gen_ret: End,
     /// Last: removed after everything in it.
     _namespaces: Namespaces,
 }
@@ -28,6 +33,7 @@ pub fn rig(direct: bool) -> Rig {
     let gw_public = end(&gw, "gp", 2, [198, 51, 100, 1]);
     let gw_private = end(&gw, "gv", 3, [10, 199, 0, 1]);
     let sink = end(&sink_ns, "s", 4, [10, 199, 0, 2]);
+    let (sink_ret, gen_ret) = return_ends(&namespaces, &sink_ns, &gen_ns);
     veth(&gen, &gw_public);
     veth(&gw_private, &sink);
     ns_sh(
@@ -61,8 +67,18 @@ pub fn rig(direct: bool) -> Rig {
         gw_public,
         gw_private,
         sink,
+        sink_ret,
+        gen_ret,
         _namespaces: namespaces,
     }
+}
+
+/// The looping generator's return veth, sink → generator, made.
+fn return_ends(namespaces: &Namespaces, sink_ns: &str, gen_ns: &str) -> (End, End) {
+    let sink_ret = namespaces.end(sink_ns, "sr", 0xbe, 5, [10, 198, 0, 1]);
+    let gen_ret = namespaces.end(gen_ns, "gr", 0xbe, 6, [10, 198, 0, 2]);
+    veth(&sink_ret, &gen_ret);
+    (sink_ret, gen_ret)
 }
 
 /// generator ── sink, no gateway: what the rig itself costs per frame.
@@ -77,6 +93,7 @@ fn direct_rig() -> Rig {
     let gen = end(&gen_ns, "g", 1, [198, 51, 100, 2]);
     let sink = end(&sink_ns, "s", 4, [198, 51, 100, 1]);
     veth(&gen, &sink);
+    let (sink_ret, gen_ret) = return_ends(&namespaces, &sink_ns, &gen_ns);
     for e in [&gen, &sink] {
         ns_sh(&e.ns, &["ethtool", "-K", &e.ifname, "gro", "on"]);
     }
@@ -85,6 +102,8 @@ fn direct_rig() -> Rig {
         gw_private: sink.clone(),
         gen,
         sink,
+        sink_ret,
+        gen_ret,
         _namespaces: namespaces,
     }
 }
