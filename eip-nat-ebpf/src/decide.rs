@@ -28,6 +28,14 @@ pub fn lookup(addr: &Ipv4Key) -> Option<AddrEntry> {
     if !maps::may_be_ours(*addr) {
         return None;
     }
+    entry(addr)
+}
+
+/// [`lookup`] without the filter: for the address a packet is expected
+/// to carry (an inbound packet's EIP, an outbound one's private IP), whose
+/// /16 is ours nearly always, so the filter's read would only add to it.
+#[inline(always)]
+pub fn entry(addr: &Ipv4Key) -> Option<AddrEntry> {
     // SAFETY: copied out at once; the agent replaces entries whole.
     unsafe { ADDRESSES.get(addr) }.copied()
 }

@@ -128,7 +128,7 @@ fn inbound(src: Ipv4Key, dst: Ipv4Key) -> Option<(NatEntry, u32)> {
     if decide::lookup(&src).is_some() {
         return None;
     }
-    let d: AddrEntry = decide::lookup(&dst)?;
+    let d: AddrEntry = decide::entry(&dst)?;
     if !d.is_eip() || d.blocked().is_some() || d.private_ip == dst || d.nexthop == 0 {
         return None;
     }
@@ -144,7 +144,7 @@ fn inbound(src: Ipv4Key, dst: Ipv4Key) -> Option<(NatEntry, u32)> {
 /// whose next hop is programmed.
 #[inline(always)]
 fn outbound(src: Ipv4Key, dst: Ipv4Key) -> Option<(NatEntry, u32)> {
-    let s: AddrEntry = decide::lookup(&src)?;
+    let s: AddrEntry = decide::entry(&src)?;
     if !s.is_private() || s.blocked().is_some() || s.eip == src {
         return None;
     }

@@ -5,7 +5,7 @@
 //! a counting sink. Their object is not the agent's:
 //! the agent never carries them.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, sync::Mutex, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -433,9 +433,12 @@ pub fn live_frames_allowed(ns: &str) -> Result<bool> {
 /// drops what does not fit, and [`Self::seed`] tops the population up.
 pub struct LoopGenerator {
     ebpf: Ebpf,
-    config: Array<MapData, GenConfig>,
-    cfg: GenConfig,
+    /// The configuration map and what it holds: changed between
+    /// repetitions while another thread may be seeding.
+    config: Mutex<(Array<MapData, GenConfig>, GenConfig)>,
     seq: PerCpuArray<MapData, u64>,
+    /// Seeds; their headers are rewritten anyway, only their length and
+    /// payload (the template's, which the UDP checksum covers) matter.
     template: Vec<u8>,
 }
 
@@ -450,10 +453,9 @@ impl LoopGenerator {
         let config: Array<MapData, GenConfig> = take(&mut ebpf, names::GEN_CONFIG)?;
         let seq = take(&mut ebpf, names::GEN_SEQ)?;
         set_port(&mut ebpf, names::GEN_PORT, out_ifindex)?;
-        let mut g = Self {
+        let g = Self {
             ebpf,
-            config,
-            cfg,
+            config: Mutex::new((config, cfg)),
             seq,
             template,
         };
@@ -475,28 +477,34 @@ impl LoopGenerator {
         run_once(xdp(&mut self.ebpf, Self::PROGRAM)?, Self::PROGRAM, frame)
     }
 
-    /// The next flows follow `traffic` (same interfaces and length).
-    pub fn set_traffic(&mut self, traffic: &Traffic) -> Result<()> {
+    /// The next flows follow `traffic` (same interfaces and frame
+    /// length), stopped.
+    pub fn set_traffic(&self, traffic: &Traffic) -> Result<()> {
         let (template, cfg) = traffic.build();
-        self.template = template;
-        self.cfg = GenConfig { stop: 1, ..cfg };
-        self.write_config()
+        anyhow::ensure!(
+            template.len() == self.template.len(),
+            "another frame length"
+        );
+        self.configure(move |c| {
+            *c = cfg;
+            c.stop = 1;
+        })
     }
 
-    pub fn start(&mut self) -> Result<()> {
-        self.cfg.stop = 0;
-        self.write_config()
+    pub fn start(&self) -> Result<()> {
+        self.configure(|c| c.stop = 0)
     }
 
     /// Frames that come back are dropped: the loop empties within a lap.
-    pub fn stop(&mut self) -> Result<()> {
-        self.cfg.stop = 1;
-        self.write_config()
+    pub fn stop(&self) -> Result<()> {
+        self.configure(|c| c.stop = 1)
     }
 
-    fn write_config(&mut self) -> Result<()> {
-        self.config
-            .set(0, self.cfg, 0)
+    fn configure(&self, change: impl FnOnce(&mut GenConfig)) -> Result<()> {
+        let mut guard = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, cfg) = &mut *guard;
+        change(cfg);
+        map.set(0, *cfg, 0)
             .with_context(|| format!("map {}", names::GEN_CONFIG))
     }
 

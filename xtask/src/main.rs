@@ -53,7 +53,8 @@ enum Command {
         /// 1-second repetitions and 100,000 associations: a smoke run.
         #[arg(long)]
         quick: bool,
-        /// Only one part: throughput, micro or control.
+        /// Only one part: throughput, micro or control (or express: the
+        /// express lane's per-packet case alone, for work on the lane).
         #[arg(long)]
         only: Option<String>,
         /// Throughput with the gateway in one placement only: one-core

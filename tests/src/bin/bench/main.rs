@@ -149,6 +149,9 @@ fn main() {
     if only("micro") {
         report.micro = micro::per_packet();
         md.push_str(&micro::table(&report.micro));
+    } else if args.iter().any(|a| a == "--only=express") {
+        report.micro = micro::express_only();
+        md.push_str(&micro::table(&report.micro));
     }
     if only("control") {
         let c = control::control_plane(quick);

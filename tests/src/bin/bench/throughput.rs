@@ -4,10 +4,7 @@
 //! others of the same run.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -171,8 +168,7 @@ fn rounds(setups: &[&Setup], placement: Placement, plan: &Plan) -> Vec<Measureme
 
 /// The looping generator of a rig, and where it is seeded from.
 struct Loop {
-    /// Locked by the thread that seeds it and the one that measures it.
-    gen: Mutex<LoopGenerator>,
+    gen: LoopGenerator,
     seeder: RawSender,
 }
 
@@ -222,7 +218,6 @@ impl Setup {
                 })
                 .expect("looping generator");
                 let seeder = RawSender::open(&rig.sink_ret.ns, &rig.sink_ret.ifname);
-                let gen = Mutex::new(gen);
                 (sink, Some(Loop { gen, seeder }))
             }
         };
@@ -302,32 +297,30 @@ impl Setup {
     /// takes no CPU while the other peers are measured.
     fn loop_repetition(&self, m: &mut Measurement, secs: f64) {
         let lp = self.looping.as_ref().expect("a looping rig");
-        let gen = || lp.gen.lock().unwrap_or_else(|p| p.into_inner());
-        gen()
-            .set_traffic(&self.traffic(m.flows))
+        let gen = &lp.gen;
+        gen.set_traffic(&self.traffic(m.flows))
             .expect("the loop's traffic");
-        gen().start().expect("starting the loop");
+        gen.start().expect("starting the loop");
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 pin_self(GENERATOR_CPU);
-                gen().seed(&lp.seeder, LOOP_SEED).expect("seeding the loop");
+                gen.seed(&lp.seeder, LOOP_SEED).expect("seeding the loop");
                 let start = Instant::now();
                 while !stop.load(Ordering::Relaxed)
                     && start.elapsed() < Duration::from_secs_f64(secs + 5.0)
                 {
                     std::thread::sleep(LOOP_TOP_UP_EVERY);
-                    gen()
-                        .seed(&lp.seeder, LOOP_TOP_UP)
+                    gen.seed(&lp.seeder, LOOP_TOP_UP)
                         .expect("topping the loop up");
                 }
             });
             std::thread::sleep(Duration::from_millis(500));
             let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
-            let (c0, g0) = (self.sink.counters().unwrap(), gen().generated().unwrap());
+            let (c0, g0) = (self.sink.counters().unwrap(), gen.generated().unwrap());
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs_f64(secs));
-            let (c1, g1) = (self.sink.counters().unwrap(), gen().generated().unwrap());
+            let (c1, g1) = (self.sink.counters().unwrap(), gen.generated().unwrap());
             let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
             let dt = t0.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
@@ -339,7 +332,7 @@ impl Setup {
                 m.cost.push(own.cost(a, b, good));
             }
         });
-        gen().stop().expect("stopping the loop");
+        gen.stop().expect("stopping the loop");
         // A lap takes microseconds; what is still in a ring is dropped
         // when it comes back.
         std::thread::sleep(Duration::from_millis(50));
