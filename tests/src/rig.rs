@@ -510,16 +510,17 @@ impl LoopGenerator {
 
     /// Puts `frames` more frames into the loop through `sender`, the
     /// return veth's other end.
-    pub fn seed(&self, sender: &crate::capture::RawSender, frames: u32) -> Result<()> {
-        for _ in 0..frames {
+    /// Returns how many the socket took.
+    pub fn seed(&self, sender: &crate::capture::RawSender, frames: u32) -> Result<u32> {
+        for sent in 0..frames {
             match sender.send(&self.template) {
                 Ok(()) => {}
                 // A full queue: the loop has enough for now.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(sent),
                 Err(e) => return Err(e).context("seeding the loop"),
             }
         }
-        Ok(())
+        Ok(frames)
     }
 
     /// Frames generated so far, all CPUs.

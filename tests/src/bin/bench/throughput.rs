@@ -172,12 +172,16 @@ struct Loop {
     seeder: RawSender,
 }
 
-/// Frames put into a loop as it starts: more than its rings and NAPI
-/// batches hold, so that the slowest stage always has a full ring.
-const LOOP_SEED: u32 = 4096;
-/// Frames added every [`LOOP_TOP_UP_EVERY`] for those the full ring drops.
+/// Frames put into a loop every [`LOOP_TOP_UP_EVERY`] while it warms up:
+/// far more than its rings and NAPI batches hold, so that the slowest
+/// stage always has a full ring in front of it.
+const LOOP_FILL: u32 = 256;
+/// Frames added every [`LOOP_TOP_UP_EVERY`] afterwards, for those the
+/// full ring drops.
 const LOOP_TOP_UP: u32 = 64;
 const LOOP_TOP_UP_EVERY: Duration = Duration::from_millis(2);
+/// Before each measurement window.
+const WARM_UP: Duration = Duration::from_millis(500);
 
 /// One peer, started on a rig of its own, with the sink attached.
 struct Setup {
@@ -303,19 +307,24 @@ impl Setup {
         gen.start().expect("starting the loop");
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            scope.spawn(|| {
+            let seeder = scope.spawn(|| {
                 pin_self(GENERATOR_CPU);
-                gen.seed(&lp.seeder, LOOP_SEED).expect("seeding the loop");
-                let start = Instant::now();
+                let (start, mut seeded) = (Instant::now(), 0u64);
                 while !stop.load(Ordering::Relaxed)
                     && start.elapsed() < Duration::from_secs_f64(secs + 5.0)
                 {
+                    // The loop fills while it warms up, then is kept full.
+                    let n = if start.elapsed() < WARM_UP {
+                        LOOP_FILL
+                    } else {
+                        LOOP_TOP_UP
+                    };
+                    seeded += u64::from(gen.seed(&lp.seeder, n).expect("seeding the loop"));
                     std::thread::sleep(LOOP_TOP_UP_EVERY);
-                    gen.seed(&lp.seeder, LOOP_TOP_UP)
-                        .expect("topping the loop up");
                 }
+                seeded
             });
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(WARM_UP);
             let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
             let (c0, g0) = (self.sink.counters().unwrap(), gen.generated().unwrap());
             let t0 = Instant::now();
@@ -324,10 +333,15 @@ impl Setup {
             let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
             let dt = t0.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
+            let seeded = seeder.join().unwrap();
             let good = c1.good - c0.good;
             m.pps.push(good as f64 / dt);
             m.bad += c1.bad - c0.bad;
             m.offered_pps.push((g1 - g0) as f64 / dt);
+            eprintln!(
+                "    loop: {seeded} frames seeded; in the window {} generated, {good} delivered",
+                g1 - g0
+            );
             if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
                 m.cost.push(own.cost(a, b, good));
             }
