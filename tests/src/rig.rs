@@ -373,27 +373,43 @@ impl Generator {
     /// Sends `frames` frames, in batches of 64; returns how long it took.
     /// Call from a thread inside the generator's namespace.
     pub fn send(&mut self, frames: u32) -> Result<Duration> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, self.template.len() as u32, 0, self.ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let start = std::time::Instant::now();
-        xdp(&mut self.ebpf, "xdp_gen")?
-            .test_run(TestRunOptions {
-                data_in: Some(&self.template),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..Default::default()
-            })
-            .context("live-frame test run of xdp_gen")?;
+        let program = xdp(&mut self.ebpf, "xdp_gen")?;
+        live_run(program, "xdp_gen", &self.template, self.ifindex, frames)?;
         Ok(start.elapsed())
     }
 }
 
+/// Runs `program` on `frames` live frames made from `template`, arriving
+/// on `ifindex` (of the caller's namespace), in batches of 64; what it
+/// returns XDP_TX or XDP_REDIRECT for is transmitted.
+fn live_run(
+    program: &mut Xdp,
+    name: &'static str,
+    template: &[u8],
+    ifindex: u32,
+    frames: u32,
+) -> Result<()> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let md: [u32; 6] = [0, template.len() as u32, 0, ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(template),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..Default::default()
+        })
+        .with_context(|| format!("live-frame test run of {name}"))?;
+    Ok(())
+}
+
 /// Whether this kernel runs `BPF_F_TEST_XDP_LIVE_FRAMES`: some sandboxes
-/// refuse it (EPERM) even to root. Tried on the loopback of `ns`, a
-/// namespace of the caller's, with one frame.
+/// refuse it (EPERM) even to root. Tried in `ns`, a namespace of the
+/// caller's, with one frame that a stopped `xdp_gen_loop` drops, so that
+/// nothing is sent anywhere.
 pub fn live_frames_allowed(ns: &str) -> Result<bool> {
     let ifindex = crate::netns::ifindex(ns, "lo");
     let traffic = Traffic {
@@ -407,9 +423,11 @@ pub fn live_frames_allowed(ns: &str) -> Result<bool> {
         frame_len: 60,
     };
     crate::netns::in_netns(ns, || {
-        let mut g = Generator::new(ifindex, &traffic)?;
-        match g.send(1) {
-            Ok(_) => Ok(true),
+        let mut g = LoopGenerator::new(ifindex, &traffic)?;
+        let template = g.template.clone();
+        let program = xdp(&mut g.ebpf, LoopGenerator::PROGRAM)?;
+        match live_run(program, LoopGenerator::PROGRAM, &template, ifindex, 1) {
+            Ok(()) => Ok(true),
             Err(e)
                 if e.chain().any(|c| {
                     c.downcast_ref::<std::io::Error>()
