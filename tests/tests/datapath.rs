@@ -1213,28 +1213,29 @@ fn sink_frames() -> [Vec<u8>; 4] {
     [good.clone(), good, wrong_dst, bad_checksum]
 }
 
-#[test]
-fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
-    require_root();
-    let mut sink =
-        integration_tests::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
+/// `sink` fed [`sink_frames`]: each gets `action`, and two count as good
+/// and two as bad.
+fn assert_sink_counts(mut sink: integration_tests::rig::Sink, action: u32, what: &str) {
     for f in sink_frames() {
-        assert_eq!(sink.run(&f).unwrap(), XDP_DROP, "the sink drops everything");
+        assert_eq!(sink.run(&f).unwrap(), action, "{what}");
     }
     let c = sink.counters().unwrap();
     assert_eq!((c.good, c.bad), (2, 2));
 }
 
 #[test]
+fn sink_counts_only_the_expected_addresses_with_valid_checksums() {
+    require_root();
+    let sink = integration_tests::rig::Sink::detached([10, 200, 0, 0], 16).expect("load xdp_sink");
+    assert_sink_counts(sink, XDP_DROP, "the sink drops everything");
+}
+
+#[test]
 fn looping_sink_counts_as_the_sink_and_hands_every_frame_back() {
     require_root();
-    let mut sink = integration_tests::rig::Sink::detached_looping([10, 200, 0, 0], 16, 1)
+    let sink = integration_tests::rig::Sink::detached_looping([10, 200, 0, 0], 16, 1)
         .expect("load xdp_sink_loop");
-    for f in sink_frames() {
-        assert_eq!(sink.run(&f).unwrap(), XDP_REDIRECT, "every frame goes back");
-    }
-    let c = sink.counters().unwrap();
-    assert_eq!((c.good, c.bad), (2, 2));
+    assert_sink_counts(sink, XDP_REDIRECT, "every frame goes back");
 }
 
 /// The benchmark's reference NAT must do a real NAT's work, correctly:

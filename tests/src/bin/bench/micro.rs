@@ -10,7 +10,7 @@ use eip_nat::{
 };
 use eip_nat_common::{
     maps::{NextHop, TraceConfig, ADDR_IS_EIP, ADDR_IS_PRIVATE, FLAG_FAST_PATH, FLAG_TRACE},
-    AddrEntry, Config, Direction, Verdict, VerdictCounter,
+    AddrEntry, Config, Direction, Verdict,
 };
 use eip_nat_rig_common::MinNatConfig;
 use integration_tests::{
@@ -111,7 +111,7 @@ fn loaded(n: u32) -> Datapath {
     }
     // The next hop: out of the loopback (test-run does not transmit), as
     // the minimal NAT's redirect is.
-    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let lo = loopback();
     dp.add_tx_port(lo).expect("lo as a port");
     let slot = dp.tx_slot(lo).expect("lo's slot");
     dp.set_nexthop(
@@ -127,6 +127,12 @@ fn loaded(n: u32) -> Datapath {
     )
     .expect("the next hop");
     dp
+}
+
+/// The loopback's ifindex: test-run frames arrive there.
+fn loopback() -> u32 {
+    // SAFETY: a NUL-terminated name; no other precondition.
+    unsafe { libc::if_nametoindex(c"lo".as_ptr()) }
 }
 
 const EXPRESS_NEXTHOP: u32 = 1;
@@ -154,7 +160,7 @@ const MIN_NAT: &str = "minimal hand-written NAT: lookup, both checksums, TTL, MA
 pub fn per_packet() -> Vec<Row> {
     // One CPU for every case, so they are compared on the same core.
     crate::placement::pin_self(crate::placement::GENERATOR_CPU);
-    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let lo = loopback();
     let inet = INTERNET;
     let (e0, p0) = (addr(EIPS, 0), addr(PRIVATES, 0));
     let inbound = udp(inet, 40000, e0, 53, &[0u8; 18], true).frame();
@@ -301,7 +307,7 @@ const MIN_NAT_SHORT: &str = "minimal hand-written NAT, the express lane's short 
 /// measure each change to the lane (`cargo xtask bench --only=express`).
 pub fn express_only() -> Vec<Row> {
     crate::placement::pin_self(crate::placement::GENERATOR_CPU);
-    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let lo = loopback();
     let n = 1_000;
     let (mut dp, mut min_nat) = (loaded(n), loaded_min_nat(n, lo));
     let frame = express_frame();
@@ -344,18 +350,16 @@ fn express_lane(dp: &mut Datapath, min_nat: &mut MinNat, lo: u32, frame: &[u8]) 
         reserved: 0,
     })
     .unwrap();
+    // Packets counted inbound as translated_redirect, and under any other
+    // (direction, verdict).
     let counted = |dp: &Datapath| {
-        let all = dp.verdict_counters().unwrap();
-        let lane = |(d, v, _): &&(Direction, Verdict, VerdictCounter)| {
-            (*d, *v) == (Direction::Inbound, Verdict::TranslatedRedirect)
-        };
-        let sum = |it: &mut dyn Iterator<Item = &(Direction, Verdict, VerdictCounter)>| {
-            it.map(|(_, _, c)| c.packets).sum::<u64>()
-        };
-        (
-            sum(&mut all.iter().filter(lane)),
-            sum(&mut all.iter().filter(|x| !lane(x))),
-        )
+        dp.verdict_counters()
+            .unwrap()
+            .iter()
+            .fold((0u64, 0u64), |(lane, other), (d, v, c)| match (d, v) {
+                (Direction::Inbound, Verdict::TranslatedRedirect) => (lane + c.packets, other),
+                _ => (lane, other + c.packets),
+            })
     };
     let before = counted(dp);
     let (mut express, mut min) = (f64::MAX, f64::MAX);
@@ -416,21 +420,21 @@ fn against_min_nat(rows: &[Row]) -> String {
             .find(|r| r.case.starts_with(case) && r.mappings == n)
             .map(|r| r.ns_per_packet)
     };
-    let ratios: Vec<String> = [1u32, 1_000, 1_000_000]
-        .into_iter()
-        .filter_map(|n| {
-            let (e, m) = (ns("translate inbound", n)?, ns(MIN_NAT, n)?);
-            Some(format!("{n} mappings {:.2}× ({e:.1} ÷ {m:.1} ns)", e / m))
-        })
-        .collect();
-    let express: Vec<String> = [1u32, 1_000, 1_000_000]
-        .into_iter()
-        .filter_map(|n| {
-            let (e, m) = (ns(EXPRESS, n)?, ns(MIN_NAT_SHORT, n)?);
-            Some(format!("{n} mappings {:.2}× ({e:.1} ÷ {m:.1} ns)", e / m))
-        })
-        .collect();
-    if ratios.is_empty() {
+    // `case` ÷ `reference`, for each number of mappings measured.
+    let ratios = |case: &str, reference: &str| -> Vec<String> {
+        [1u32, 1_000, 1_000_000]
+            .into_iter()
+            .filter_map(|n| {
+                let (e, m) = (ns(case, n)?, ns(reference, n)?);
+                Some(format!("{n} mappings {:.2}× ({e:.1} ÷ {m:.1} ns)", e / m))
+            })
+            .collect()
+    };
+    let (translation, express) = (
+        ratios("translate inbound", MIN_NAT),
+        ratios(EXPRESS, MIN_NAT_SHORT),
+    );
+    if translation.is_empty() {
         return String::new();
     }
     format!(
@@ -438,7 +442,7 @@ fn against_min_nat(rows: &[Row]) -> String {
          target ≤ 1.2×): {}\n\n\
          eip-nat's express lane (the fast path's common packet: programmed next hop, TTL, MACs, redirect) \
          ÷ the minimal NAT, both in runs of {EXPRESS_REPEAT} from TTL 255, fastest of {EXPRESS_ROUNDS}: {}\n\n",
-        ratios.join(", "),
+        translation.join(", "),
         express.join(", ")
     )
 }

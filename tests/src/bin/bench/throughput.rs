@@ -251,8 +251,8 @@ impl Setup {
         traffic(&self.rig, self.peer, flows)
     }
 
-    /// Generates for half a second of warm-up, then counts what reaches
-    /// the sink over `secs`.
+    /// Generates for [`WARM_UP`], then counts what reaches the sink over
+    /// `secs`.
     fn repetition(&self, m: &mut Measurement, secs: f64) {
         if self.looping.is_some() {
             return self.loop_repetition(m, secs);
@@ -276,24 +276,33 @@ impl Setup {
                     (frames, start.elapsed())
                 })
             });
-            std::thread::sleep(Duration::from_millis(500));
-            let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
-            let c0 = self.sink.counters().unwrap();
-            let t0 = Instant::now();
-            std::thread::sleep(Duration::from_secs_f64(secs));
-            let c1 = self.sink.counters().unwrap();
-            let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
-            let dt = t0.elapsed().as_secs_f64();
+            self.window(m, secs, || ());
             stop.store(true, Ordering::Relaxed);
             let (frames, gen_time) = generator.join().unwrap();
-            let good = c1.good - c0.good;
-            m.pps.push(good as f64 / dt);
-            m.bad += c1.bad - c0.bad;
             m.offered_pps.push(frames as f64 / gen_time.as_secs_f64());
-            if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
-                m.cost.push(own.cost(a, b, good));
-            }
         });
+    }
+
+    /// After [`WARM_UP`], counts what reaches the sink over `secs` and
+    /// records the rate, the bad frames and (on its own CPU) the cost in
+    /// `m`; `mark` is read at both ends of the window. Returns the frames
+    /// delivered, the window's length and the two readings of `mark`.
+    fn window<T>(&self, m: &mut Measurement, secs: f64, mark: impl Fn() -> T) -> (u64, f64, T, T) {
+        std::thread::sleep(WARM_UP);
+        let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
+        let (c0, mark0) = (self.sink.counters().unwrap(), mark());
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (c1, mark1) = (self.sink.counters().unwrap(), mark());
+        let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
+        let dt = t0.elapsed().as_secs_f64();
+        let good = c1.good - c0.good;
+        m.pps.push(good as f64 / dt);
+        m.bad += c1.bad - c0.bad;
+        if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
+            m.cost.push(own.cost(a, b, good));
+        }
+        (good, dt, mark0, mark1)
     }
 
     /// [`Self::repetition`] with the looping generator: seeded, topped up
@@ -324,27 +333,14 @@ impl Setup {
                 }
                 seeded
             });
-            std::thread::sleep(WARM_UP);
-            let cpu0 = self.own_cpu.as_ref().map(OwnCpu::times);
-            let (c0, g0) = (self.sink.counters().unwrap(), gen.generated().unwrap());
-            let t0 = Instant::now();
-            std::thread::sleep(Duration::from_secs_f64(secs));
-            let (c1, g1) = (self.sink.counters().unwrap(), gen.generated().unwrap());
-            let cpu1 = self.own_cpu.as_ref().map(OwnCpu::times);
-            let dt = t0.elapsed().as_secs_f64();
+            let (good, dt, g0, g1) = self.window(m, secs, || gen.generated().unwrap());
             stop.store(true, Ordering::Relaxed);
             let seeded = seeder.join().unwrap();
-            let good = c1.good - c0.good;
-            m.pps.push(good as f64 / dt);
-            m.bad += c1.bad - c0.bad;
             m.offered_pps.push((g1 - g0) as f64 / dt);
             eprintln!(
                 "    loop: {seeded} frames seeded; in the window {} generated, {good} delivered",
                 g1 - g0
             );
-            if let (Some(own), Some(a), Some(b)) = (&self.own_cpu, cpu0, cpu1) {
-                m.cost.push(own.cost(a, b, good));
-            }
         });
         gen.stop().expect("stopping the loop");
         // A lap takes microseconds; what is still in a ring is dropped
